@@ -1,0 +1,1 @@
+"""Lightning callbacks: entropy tracking, targets, controllers, diversity, precision audit (installed as ``epr_lightning.callbacks``)."""

@@ -1,0 +1,3 @@
+"""epr-lightning: entropy-preserving RL post-training of language models on PyTorch Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""Contracts of the objective pieces: what an advantage estimator, an advantage transform, a policy loss
+and an extra loss term take and return. Implementations live beside this file, one concept per module.
+
+Every [n, T] tensor is aligned with ``TokenBatch.input_ids`` (position t = token t); values at positions
+where ``mask`` is 0 are ignored. Everything here is fp32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PolicyBatch:
+    """One minibatch as the loss sees it.
+
+    Attributes:
+        logp: current policy log-prob of each token (carries the gradient).
+        old_logp: log-prob under the policy that the update started from (π_old, detached).
+        sampler_logp: log-prob reported by the rollout engine (detached).
+        advantages: token-level advantages [n, T] after the transform chain (detached).
+        mask: loss mask [n, T] (1.0 on completion tokens).
+        entropy: exact per-token entropy [n, T] of the current policy (with grad when the objective's
+            ``needs_entropy_grad``), or None when not computed.
+        ref_logp: reference-policy log-probs (detached) when ``needs_reference``.
+    """
+
+    logp: Tensor
+    old_logp: Tensor
+    sampler_logp: Tensor
+    advantages: Tensor
+    mask: Tensor
+    entropy: Tensor | None = None
+    ref_logp: Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """A loss value plus what to log and what callbacks may want.
+
+    ``metrics`` holds detached scalars named without a namespace (the module prefixes ``loss/`` or
+    ``policy/``); ``token_stats`` holds detached [n, T] tensors such as ``clip_upper``/``clip_lower`` masks.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    token_stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class AdvantageEstimator(ABC):
+    """Sequence-level advantages from scalar rewards and group membership."""
+
+    @abstractmethod
+    def __call__(self, rewards: Tensor, group_index: Tensor) -> Tensor:
+        """rewards [N] float, group_index [N] long → advantages [N]."""
+
+
+class AdvantageTransform(ABC):
+    """Token-level rewrite of the advantages (REPO family, masks…); applied per minibatch.
+
+    ``logp`` is the detached log-prob of the sampled token (the current policy's or π_old's, as the
+    objective is configured); ``entropy`` the detached exact entropy at that position, or None.
+    """
+
+    #: True when the transform needs the exact full-vocab entropy.
+    needs_entropy: bool = False
+
+    @abstractmethod
+    def __call__(self, advantages: Tensor, logp: Tensor, entropy: Tensor | None, mask: Tensor) -> Tensor:
+        """advantages [n, T] → advantages [n, T]."""
+
+    def state_dict(self) -> dict[str, float]:
+        """Adaptable coefficients (restored on resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class PolicyLoss(ABC):
+    """The surrogate: per-token (or per-sequence) policy-gradient loss before aggregation."""
+
+    #: True when the loss is only valid strictly on-policy (one update per rollout, no ratio).
+    on_policy_only: bool = False
+
+    @abstractmethod
+    def __call__(self, batch: PolicyBatch) -> LossOutput:
+        """Returns ``LossOutput`` whose ``loss`` is a per-token [n, T] tensor (aggregated by the Objective)."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class LossTerm(ABC):
+    """An extra per-token term added to the policy loss (entropy bonus, KL to reference, KL-Cov…)."""
+
+    needs_entropy_grad: bool = False
+    needs_reference: bool = False
+
+    @abstractmethod
+    def __call__(self, batch: PolicyBatch) -> LossOutput:
+        """Returns a per-token [n, T] loss (aggregated together with the policy loss)."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (0 when the mask is empty)."""
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def broadcast_to_tokens(seq_values: Tensor, mask: Tensor) -> Tensor:
+    """[N] per-sequence values → [N, T] token values (zero where mask is 0)."""
+    return seq_values[:, None].to(mask.dtype) * mask

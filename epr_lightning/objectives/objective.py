@@ -1,0 +1,121 @@
+"""The Objective: advantage estimator → transform chain → policy loss (+ extra terms) → aggregation.
+
+Each piece is a class chosen by ``class_path`` in YAML; this class only composes them, in the order of the
+paper's algorithm box. Adaptable coefficients (REPO ζ, ADAPO ε_high, entropy-bonus β) live on the pieces
+and are saved through ``state_dict`` into every checkpoint.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from epr_lightning.objectives.advantages import GRPOAdvantage
+from epr_lightning.objectives.aggregation import AggregationMode, aggregate
+from epr_lightning.objectives.base import (
+    AdvantageEstimator,
+    AdvantageTransform,
+    LossOutput,
+    LossTerm,
+    PolicyBatch,
+    PolicyLoss,
+    broadcast_to_tokens,
+)
+from epr_lightning.objectives.losses import PPOClipLoss
+
+
+class Objective:
+    """Composes the RL objective.
+
+    Args:
+        advantage: sequence-level estimator (GRPO, Dr.GRPO, RLOO…).
+        transforms: token-level advantage transforms applied in order (REPO, REPO-R, REPO-D…).
+        loss: the policy surrogate (PPO-clip with ε_low/ε_high, GSPO, REINFORCE…).
+        terms: extra per-token loss terms (entropy bonus, KL to reference, KL-Cov…).
+        aggregation: how per-token losses become a scalar.
+        transform_logprob: which detached log-prob the transforms see: ``current`` (the paper's choice) or
+            ``old`` (π_old, recomputed by the trainer before the update).
+    """
+
+    def __init__(
+        self,
+        advantage: AdvantageEstimator | None = None,
+        transforms: list[AdvantageTransform] | None = None,
+        loss: PolicyLoss | None = None,
+        terms: list[LossTerm] | None = None,
+        aggregation: AggregationMode = "token_mean",
+        transform_logprob: str = "current",
+    ) -> None:
+        if transform_logprob not in ("current", "old"):
+            raise ValueError(f"objective.transform_logprob must be 'current' or 'old', got {transform_logprob!r}")
+        if aggregation not in AggregationMode.__args__:
+            raise ValueError(f"objective.aggregation must be one of {AggregationMode.__args__}, got {aggregation!r}")
+        self.advantage = advantage if advantage is not None else GRPOAdvantage()
+        self.transforms = list(transforms or [])
+        self.loss = loss if loss is not None else PPOClipLoss()
+        self.terms = list(terms or [])
+        self.aggregation = aggregation
+        self.transform_logprob = transform_logprob
+
+    # -- what the module must compute for us ---------------------------------------------------------
+    @property
+    def needs_entropy(self) -> bool:
+        return any(t.needs_entropy for t in self.transforms) or self.needs_entropy_grad
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return any(t.needs_entropy_grad for t in self.terms)
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(t.needs_reference for t in self.terms)
+
+    @property
+    def on_policy_only(self) -> bool:
+        return self.loss.on_policy_only
+
+    # -- the stages ----------------------------------------------------------------------------------
+    def sequence_advantages(self, rewards: Tensor, group_index: Tensor) -> Tensor:
+        return self.advantage(rewards.float(), group_index)
+
+    def token_advantages(self, seq_adv: Tensor, mask: Tensor, logp: Tensor, entropy: Tensor | None) -> Tensor:
+        """Broadcast to tokens, then run the transform chain on detached inputs."""
+        adv = broadcast_to_tokens(seq_adv, mask)
+        ent = entropy.detach() if entropy is not None else None
+        for transform in self.transforms:
+            adv = transform(adv, logp.detach(), ent, mask) * mask
+        return adv.detach()
+
+    def compute_loss(self, batch: PolicyBatch) -> LossOutput:
+        """Per-token policy loss + extra terms, aggregated to a scalar; metrics merged."""
+        out = self.loss(batch)
+        per_token = out.loss
+        metrics = dict(out.metrics)
+        token_stats = dict(out.token_stats)
+        for term in self.terms:
+            t = term(batch)
+            per_token = per_token + t.loss
+            metrics.update(t.metrics)
+            token_stats.update(t.token_stats)
+        loss = aggregate(per_token, batch.mask, self.aggregation)
+        return LossOutput(loss=loss, metrics=metrics, token_stats=token_stats)
+
+    # -- persistence of adapted coefficients ----------------------------------------------------------
+    def _pieces(self) -> dict[str, object]:
+        pieces: dict[str, object] = {"loss": self.loss}
+        pieces.update({f"transforms.{i}": t for i, t in enumerate(self.transforms)})
+        pieces.update({f"terms.{i}": t for i, t in enumerate(self.terms)})
+        return pieces
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        return {name: piece.state_dict() for name, piece in self._pieces().items()}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        pieces = self._pieces()
+        for name, sub in state.items():
+            if name not in pieces:
+                raise KeyError(f"checkpoint has objective state for {name!r}, which this objective lacks")
+            pieces[name].load_state_dict(sub)  # type: ignore[attr-defined]
+
+    def find(self, kind: type) -> list[object]:
+        """Every piece of the given type (controllers use this to find what they adapt)."""
+        return [p for p in self._pieces().values() if isinstance(p, kind)]

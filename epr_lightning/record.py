@@ -1,0 +1,63 @@
+"""StepRecord: everything one rollout-then-update iteration produced, for callbacks to read.
+
+The module returns ``{"record": StepRecord}`` from ``training_step``; callbacks receive it as
+``outputs["record"]`` in ``on_train_batch_end``. Tensors are detached and on the CPU. Callbacks never need to
+re-run the policy unless that is their purpose (e.g. measuring entropy after the update).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class StepRecord:
+    """One iteration's data. [N, T] tensors are aligned with ``input_ids`` (position t = token t).
+
+    Attributes:
+        iteration: rollout iteration index (0-based; ``trainer.global_step`` counts optimizer steps instead).
+        input_ids, loss_mask, group_index: the token batch (loss_mask = completion tokens).
+        rewards: [N] scalar rewards; ``correct`` [N] bool (reward ≥ the task's success threshold).
+        seq_advantages: [N] advantages before transforms; ``token_advantages`` [N, T] after (first epoch).
+        entropy: [N, T] exact full-vocab entropy of π_old (before the update), fp32.
+        old_logp: [N, T] trainer log-probs of π_old; ``sampler_logp`` [N, T] the engine's.
+        clip_upper / clip_lower: [N, T] masks of tokens clipped at 1+ε_high / 1−ε_low in the last epoch.
+        prompts / completions / answers: texts for logging and diversity metrics (answers = extracted final
+            answers, None when none was found).
+        metrics: scalars the module already logged (loss/…, policy/…, rollout/…), as floats.
+        reward_errors: how many reward calls raised, timed out or returned a non-finite value.
+        num_prompts / num_generations: group layout (prompt-major, G samples per prompt).
+    """
+
+    iteration: int
+    input_ids: Tensor
+    loss_mask: Tensor
+    group_index: Tensor
+    rewards: Tensor
+    correct: Tensor
+    seq_advantages: Tensor
+    token_advantages: Tensor
+    entropy: Tensor
+    old_logp: Tensor
+    sampler_logp: Tensor
+    clip_upper: Tensor | None
+    clip_lower: Tensor | None
+    prompts: list[str]
+    completions: list[str]
+    answers: list[str | None]
+    num_prompts: int
+    num_generations: int
+    reward_errors: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def token_mean_entropy(self) -> float:
+        """Exact token-mean entropy of π_old over completion tokens."""
+        m = self.loss_mask
+        return float((self.entropy * m).sum() / m.sum().clamp_min(1.0))
+
+    def mc_entropy(self) -> float:
+        """Monte-Carlo entropy estimate: mean −log π_old of the sampled completion tokens."""
+        m = self.loss_mask
+        return float((-self.old_logp * m).sum() / m.sum().clamp_min(1.0))
