@@ -1,0 +1,396 @@
+"""Final-answer extraction, number canonicalisation and a safe arithmetic-expression evaluator.
+
+Answer convention (all built-in tasks): the prompt asks for the final answer after ``Answer:``. The
+extractor also accepts ``\\boxed{...}`` (the usual math-RL convention) and, failing both, falls back to the
+last number in the completion. Which of the three found the answer is reported as ``source`` so a reward can
+give full credit to a tagged answer and partial (by default zero) credit to a fallback one.
+
+The evaluator never calls ``eval``/``exec``: it is a recursive-descent parser over integers, ``+ - * /``
+(also ``×`` ``÷`` ``−``) and parentheses, evaluated exactly with :class:`fractions.Fraction`. It rejects
+exponentiation (``**`` is a syntax error), overlong input, deep nesting, long literals and huge intermediate
+values, so every call finishes in time bounded by ``max_len``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+from epr_lightning.tasks.base import Example, RewardFunction
+
+AnswerSource = Literal["boxed", "tagged", "fallback"]
+
+#: only this much of a completion's tail is searched (keeps extraction linear and bounded).
+MAX_SCAN_CHARS = 20_000
+#: a number literal longer than this is not canonicalised (returned as None).
+MAX_NUMBER_CHARS = 64
+
+_TAG_RE = re.compile(r"answer\s*[:：]", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"[-+−]?\d[\d,]*(?:\.\d+)?|[-+−]?\.\d+")
+_CANON_NUMBER_RE = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?")
+_SYMBOLS = str.maketrans({"−": "-", "–": "-", "×": "*", "·": "*", "÷": "/", "：": ":", "，": ","})
+
+
+def normalise_text(text: str) -> str:
+    """Map Unicode decimal digits (e.g. Arabic-Indic ``١٢``) to ASCII and math symbols to ``+-*/``."""
+    out = []
+    for ch in text:
+        if ch.isdecimal() and not ch.isascii():
+            out.append(str(unicodedata.decimal(ch, 0)))
+        else:
+            out.append(ch)
+    return "".join(out).translate(_SYMBOLS)
+
+
+def canonical_number(text: str | None) -> str | None:
+    """Canonical decimal string of a number, or None when ``text`` is not one number.
+
+    Strips whitespace, ``$``, a trailing ``.``, thousands commas; removes leading zeros, trailing fractional
+    zeros and a ``+`` sign; ``-0`` becomes ``0``. Works on the string only (no float rounding, no int size
+    limit): ``" 1,200.50 "`` → ``"1200.5"``, ``"12.0"`` → ``"12"``, ``"007"`` → ``"7"``.
+    """
+    if text is None:
+        return None
+    s = normalise_text(text).strip().strip("$").strip()
+    s = s.rstrip(".").replace(",", "").replace(" ", "")
+    if not s or len(s) > MAX_NUMBER_CHARS:
+        return None
+    m = _CANON_NUMBER_RE.fullmatch(s)
+    if m is None:
+        return None
+    sign, whole, frac = m.group(1), m.group(2), m.group(3) or ""
+    if not whole and not frac:
+        return None
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    body = f"{whole}.{frac}" if frac else whole
+    if body == "0":
+        return "0"
+    return ("-" if sign == "-" else "") + body
+
+
+def canonical_text(text: str | None) -> str:
+    """Case-folded, whitespace-collapsed text without surrounding quotes/markdown or a final period."""
+    if text is None:
+        return ""
+    s = " ".join(normalise_text(text[:MAX_SCAN_CHARS]).split()).casefold()
+    return s.strip("*`\"' ").rstrip(".").strip()
+
+
+def _last_boxed(text: str) -> str | None:
+    """Contents of the last ``\\boxed{...}`` (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
+def _after_last_tag(text: str) -> str | None:
+    """The rest of the line after the last ``Answer:`` tag (markdown ``*`` stripped), or None."""
+    last = None
+    for last in _TAG_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    rest = text[last.end():].lstrip()
+    line = rest.split("\n", 1)[0]
+    return line.strip().strip("*").strip()
+
+
+@dataclass(frozen=True)
+class ExtractedAnswer:
+    """A raw final answer and where it came from (``None`` text when nothing was found)."""
+
+    text: str | None
+    source: AnswerSource | None
+
+
+def extract_final_answer(completion: str) -> ExtractedAnswer:
+    """The final answer span: last ``\\boxed{}``, else text after the last ``Answer:``, else last number."""
+    tail = normalise_text(completion[-MAX_SCAN_CHARS:])
+    boxed = _last_boxed(tail)
+    if boxed is not None and boxed.strip():
+        return ExtractedAnswer(boxed.strip(), "boxed")
+    tagged = _after_last_tag(tail)
+    if tagged:
+        return ExtractedAnswer(tagged, "tagged")
+    numbers = _NUMBER_RE.findall(tail)
+    if numbers:
+        return ExtractedAnswer(numbers[-1], "fallback")
+    return ExtractedAnswer(None, None)
+
+
+def extract_number(completion: str) -> tuple[str | None, AnswerSource | None]:
+    """Canonical final number of a completion and its source, or ``(None, None)``.
+
+    A tagged span that is not a bare number (``"Answer: 12 apples"``, ``"Answer: x = 12"``) yields its first
+    number; ``"Answer: 1,234"`` is one thousands-grouped number.
+    """
+    found = extract_final_answer(completion)
+    if found.text is None:
+        return None, None
+    value = canonical_number(found.text)
+    if value is None:
+        numbers = _NUMBER_RE.findall(found.text)
+        if not numbers:
+            return None, None
+        value = canonical_number(numbers[0] if found.source != "fallback" else numbers[-1])
+    return (value, found.source) if value is not None else (None, None)
+
+
+# --------------------------------------------------------------------------------------------- evaluator
+
+
+class ExpressionError(ValueError):
+    """The text is not an allowed arithmetic expression, or evaluating it is undefined or too large."""
+
+
+# AST nodes: ("num", int) | ("neg", node) | ("bin", op, left, right)
+Node = tuple
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+_TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
+
+
+@dataclass(frozen=True)
+class ExpressionLimits:
+    """Bounds that keep parsing and evaluation cheap on adversarial input.
+
+    Attributes:
+        max_len: longest accepted expression in characters.
+        max_depth: deepest parenthesis/unary nesting.
+        max_digits: longest integer literal.
+        max_abs: largest |numerator| or |denominator| of any intermediate value.
+        allow_unary_minus: whether ``-3`` / ``-(2+1)`` are allowed.
+    """
+
+    max_len: int = 256
+    max_depth: int = 32
+    max_digits: int = 12
+    max_abs: int = 10**18
+    allow_unary_minus: bool = True
+
+
+def _tokenize(text: str, limits: ExpressionLimits) -> list[str]:
+    s = normalise_text(text).strip()
+    if not s:
+        raise ExpressionError("empty expression")
+    if len(s) > limits.max_len:
+        raise ExpressionError(f"expression longer than {limits.max_len} characters")
+    tokens, pos = [], 0
+    while pos < len(s):
+        m = _TOKEN_RE.match(s, pos)
+        if m is None:
+            if s[pos:].strip() == "":
+                break
+            raise ExpressionError(f"unexpected character {s[pos]!r} at position {pos}")
+        num, sym = m.group(1), m.group(2)
+        if num is not None and len(num) > limits.max_digits:
+            raise ExpressionError(f"number literal longer than {limits.max_digits} digits")
+        tokens.append(num if num is not None else sym)
+        pos = m.end()
+    return tokens
+
+
+class _Parser:
+    """expr := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)* ;
+    factor := INT | '(' expr ')' | '-' factor"""
+
+    def __init__(self, tokens: list[str], limits: ExpressionLimits) -> None:
+        self.tokens, self.pos, self.limits = tokens, 0, limits
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise ExpressionError("unexpected end of expression")
+        self.pos += 1
+        return tok
+
+    def expr(self, depth: int) -> Node:
+        node = self.term(depth)
+        while self.peek() in ("+", "-"):
+            op = self.take()
+            node = ("bin", op, node, self.term(depth))
+        return node
+
+    def term(self, depth: int) -> Node:
+        node = self.factor(depth)
+        while self.peek() in ("*", "/"):
+            op = self.take()
+            if self.peek() in ("*", "/"):
+                raise ExpressionError(f"operator {op}{self.peek()} is not allowed")
+            node = ("bin", op, node, self.factor(depth))
+        return node
+
+    def factor(self, depth: int) -> Node:
+        if depth > self.limits.max_depth:
+            raise ExpressionError(f"expression nested deeper than {self.limits.max_depth}")
+        tok = self.take()
+        if tok.isdigit():
+            return ("num", int(tok))
+        if tok == "(":
+            node = self.expr(depth + 1)
+            if self.take() != ")":
+                raise ExpressionError("expected ')'")
+            return node
+        if tok == "-" and self.limits.allow_unary_minus:
+            return ("neg", self.factor(depth + 1))
+        raise ExpressionError(f"unexpected token {tok!r}")
+
+
+def parse_expression(text: str, limits: ExpressionLimits = ExpressionLimits()) -> Node:
+    """Parse an arithmetic expression into a small tuple AST; raises :class:`ExpressionError`."""
+    parser = _Parser(_tokenize(text, limits), limits)
+    node = parser.expr(0)
+    if parser.peek() is not None:
+        raise ExpressionError(f"unexpected token {parser.peek()!r} after the expression")
+    return node
+
+
+def evaluate(node: Node, limits: ExpressionLimits = ExpressionLimits()) -> Fraction:
+    """Exact value of a parsed expression; raises :class:`ExpressionError` on ÷0 or oversized values."""
+    kind = node[0]
+    if kind == "num":
+        value = Fraction(node[1])
+    elif kind == "neg":
+        value = -evaluate(node[1], limits)
+    else:
+        op, a, b = node[1], evaluate(node[2], limits), evaluate(node[3], limits)
+        if op == "+":
+            value = a + b
+        elif op == "-":
+            value = a - b
+        elif op == "*":
+            value = a * b
+        else:
+            if b == 0:
+                raise ExpressionError("division by zero")
+            value = a / b
+    if abs(value.numerator) > limits.max_abs or value.denominator > limits.max_abs:
+        raise ExpressionError("intermediate value too large")
+    return value
+
+
+def safe_eval(text: str, limits: ExpressionLimits = ExpressionLimits()) -> Fraction:
+    """Parse and evaluate ``text`` exactly (never ``eval``); raises :class:`ExpressionError`."""
+    return evaluate(parse_expression(text, limits), limits)
+
+
+def numbers_in(node: Node) -> list[int]:
+    """The integer literals of an expression, left to right."""
+    if node[0] == "num":
+        return [node[1]]
+    if node[0] == "neg":
+        return numbers_in(node[1])
+    return numbers_in(node[2]) + numbers_in(node[3])
+
+
+def _flatten(node: Node, op: str) -> list[Node]:
+    if node[0] == "bin" and node[1] == op:
+        return _flatten(node[2], op) + _flatten(node[3], op)
+    return [node]
+
+
+def _prec(node: Node) -> int:
+    return _PREC[node[1]] if node[0] == "bin" else 3
+
+
+def canonical_expression(node: Node, commutative: bool = True) -> str:
+    """Whitespace-free string of an expression with minimal parentheses.
+
+    With ``commutative``, chains of ``+`` (and of ``*``) are flattened and their operands sorted, so
+    ``"7 + (5+3)"`` and ``"3+5+7"`` both print ``"3+5+7"``. The printed string has the same value.
+    """
+    kind = node[0]
+    if kind == "num":
+        return str(node[1])
+    if kind == "neg":
+        inner = canonical_expression(node[1], commutative)
+        return f"-({inner})" if node[1][0] == "bin" else f"-{inner}"
+    op, left, right = node[1], node[2], node[3]
+    if commutative and op in ("+", "*"):
+        parts = []
+        for child in _flatten(node, op):
+            s = canonical_expression(child, commutative)
+            parts.append(f"({s})" if _prec(child) < _PREC[op] else s)
+        return op.join(sorted(parts))
+    ls = canonical_expression(left, commutative)
+    rs = canonical_expression(right, commutative)
+    if _prec(left) < _PREC[op]:
+        ls = f"({ls})"
+    if _prec(right) < _PREC[op] or (op in "-/" and _prec(right) == _PREC[op]) or (op == "/" and _prec(right) < 3):
+        rs = f"({rs})"
+    return f"{ls}{op}{rs}"
+
+
+# ------------------------------------------------------------------------------------------------ reward
+
+
+class ExactAnswerReward(RewardFunction):
+    """1.0 when the completion's final number equals the reference answer, else 0.0 (plus optional bonuses).
+
+    Reward table (answer compared after :func:`canonical_number`; ``Example.answer`` is the reference; a
+    non-numeric reference is compared to the tagged span after :func:`canonical_text` instead):
+
+    ============================================  ===============================
+    final answer tagged (``Answer:``/``\\boxed``)   correct → 1.0, wrong → ``format_bonus``
+    only the fallback last number found           correct → ``fallback_credit``, wrong → 0.0
+    no number at all                              0.0
+    ============================================  ===============================
+
+    Args:
+        format_bonus: reward for a tagged but wrong answer (shaping; 0 keeps the reward binary).
+        fallback_credit: reward for a correct answer found only by the last-number fallback (0 = the
+            answer must be tagged; 1 = the tag is not required).
+    """
+
+    def __init__(self, format_bonus: float = 0.0, fallback_credit: float = 0.0) -> None:
+        if not 0.0 <= format_bonus < 1.0:
+            raise ValueError(f"format_bonus must be in [0, 1), got {format_bonus}")
+        if not 0.0 <= fallback_credit <= 1.0:
+            raise ValueError(f"fallback_credit must be in [0, 1], got {fallback_credit}")
+        self.format_bonus = format_bonus
+        self.fallback_credit = fallback_credit
+
+    def __call__(self, example: Example, completion: str) -> float:
+        reference = canonical_number(example.answer)
+        if reference is None:
+            return self._score_text(example, completion)
+        value, source = extract_number(completion)
+        if value is None:
+            return 0.0
+        if source == "fallback":
+            return self.fallback_credit if value == reference else 0.0
+        return 1.0 if value == reference else self.format_bonus
+
+    def _score_text(self, example: Example, completion: str) -> float:
+        """Non-numeric reference: the tagged/boxed span must match after :func:`canonical_text`."""
+        reference = canonical_text(example.answer)
+        if not reference:
+            raise ValueError(f"example {example.id!r} has no reference answer")
+        found = extract_final_answer(completion)
+        if found.text is None or found.source == "fallback":
+            return 0.0
+        return 1.0 if canonical_text(found.text) == reference else self.format_bonus
+
+    def extract_answer(self, completion: str) -> str | None:
+        value = extract_number(completion)[0]
+        if value is not None:
+            return value
+        found = extract_final_answer(completion)
+        return canonical_text(found.text) or None if found.source in ("boxed", "tagged") else None
