@@ -1,1 +1,44 @@
-"""tasks"""
+"""Tasks: prompts with verifiable answers, their reward functions, and robust batch scoring."""
+
+from epr_lightning.tasks.answers import (
+    ExactAnswerReward,
+    ExpressionError,
+    ExpressionLimits,
+    canonical_expression,
+    canonical_number,
+    extract_final_answer,
+    extract_number,
+    parse_expression,
+    safe_eval,
+)
+from epr_lightning.tasks.arithmetic import ArithmeticTask
+from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.countdown import CountdownReward, CountdownTask
+from epr_lightning.tasks.jsonl import JSONLTask, read_jsonl_examples
+from epr_lightning.tasks.property_numbers import NumberPropertyReward, NumbersWithPropertyTask
+from epr_lightning.tasks.scoring import ScoreResult, score_completions
+
+__all__ = [
+    "ArithmeticTask",
+    "CountdownReward",
+    "CountdownTask",
+    "Example",
+    "ExactAnswerReward",
+    "ExpressionError",
+    "ExpressionLimits",
+    "JSONLTask",
+    "NumberPropertyReward",
+    "NumbersWithPropertyTask",
+    "RewardFunction",
+    "ScoreResult",
+    "Split",
+    "Task",
+    "canonical_expression",
+    "canonical_number",
+    "extract_final_answer",
+    "extract_number",
+    "parse_expression",
+    "read_jsonl_examples",
+    "safe_eval",
+    "score_completions",
+]

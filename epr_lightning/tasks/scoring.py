@@ -1,0 +1,145 @@
+"""Score a batch of completions robustly: a failing, hanging or non-finite reward becomes 0 and is counted.
+
+Timeouts use daemon worker threads. A call that runs past ``timeout_s`` is abandoned: its thread keeps
+running in the background until the reward function returns (Python cannot kill a thread), its result is
+ignored, and a replacement worker takes over the remaining work. Because the workers are daemon threads
+(not a ``ThreadPoolExecutor``, whose threads are joined at interpreter exit), a reward that never returns
+cannot keep the process alive. A CPU-bound pure-Python reward holds the GIL in slices, so it slows the other
+threads but cannot block the timeout check. Reward functions that can hang should be made interruptible
+(e.g. bounded input sizes, as the built-in ones are) — abandoned threads still use CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from epr_lightning.tasks.base import Example, RewardFunction
+
+#: error kinds reported per sample (None = scored normally).
+TIMEOUT, NONFINITE = "timeout", "nonfinite"
+
+
+@dataclass
+class ScoreResult:
+    """Rewards for a batch plus failure counts.
+
+    Attributes:
+        rewards: one finite float per completion (0.0 where the reward failed).
+        errors: calls that raised (or returned something that is not a number).
+        timeouts: calls abandoned after ``timeout_s``.
+        nonfinite: calls that returned NaN or ±inf.
+        error_kinds: per sample ``None`` or ``"error:<ExceptionName>"`` / ``"timeout"`` / ``"nonfinite"``.
+    """
+
+    rewards: list[float]
+    errors: int = 0
+    timeouts: int = 0
+    nonfinite: int = 0
+    error_kinds: list[str | None] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        """All replaced rewards (errors + timeouts + non-finite)."""
+        return self.errors + self.timeouts + self.nonfinite
+
+
+def _score_one(reward_fn: RewardFunction, example: Example, completion: str) -> tuple[float, str | None]:
+    try:
+        value = float(reward_fn(example, completion))
+    except Exception as err:  # noqa: BLE001 — any reward failure is counted, never raised
+        return 0.0, f"error:{type(err).__name__}"
+    if not math.isfinite(value):
+        return 0.0, NONFINITE
+    return value, None
+
+
+class _Batch:
+    """Shared state between the caller and the worker threads of one ``score_completions`` call."""
+
+    def __init__(self, n: int) -> None:
+        self.cond = threading.Condition()
+        self.next_index = 0
+        self.n = n
+        self.started: dict[int, float] = {}  # index → monotonic start time, while running
+        self.results: list[tuple[float, str | None] | None] = [None] * n
+
+    def worker(self, reward_fn: RewardFunction, examples: Sequence[Example], completions: Sequence[str]) -> None:
+        while True:
+            with self.cond:
+                if self.next_index >= self.n:
+                    return
+                i = self.next_index
+                self.next_index += 1
+                self.started[i] = time.monotonic()
+            outcome = _score_one(reward_fn, examples[i], completions[i])
+            with self.cond:
+                if i not in self.started:  # timed out meanwhile: this thread was replaced, so stop
+                    return
+                del self.started[i]
+                self.results[i] = outcome
+                self.cond.notify_all()
+
+
+def score_completions(
+    reward_fn: RewardFunction,
+    examples: Sequence[Example],
+    completions: Sequence[str],
+    timeout_s: float | None = 5.0,
+    max_workers: int = 4,
+) -> ScoreResult:
+    """Score ``completions[i]`` against ``examples[i]``; never raises because of the reward function.
+
+    Args:
+        reward_fn: the verifier.
+        examples: one example per completion.
+        completions: the texts to score.
+        timeout_s: per-call limit in seconds; ``None`` runs every call inline in this thread (no timeout).
+        max_workers: concurrent worker threads (rewards are mostly GIL-bound; a few suffice).
+    """
+    if len(examples) != len(completions):
+        raise ValueError(f"got {len(examples)} examples but {len(completions)} completions")
+    n = len(completions)
+    if timeout_s is None:
+        outcomes = [_score_one(reward_fn, e, c) for e, c in zip(examples, completions)]
+        return _collect(outcomes)
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+    if max_workers < 1:
+        raise ValueError(f"max_workers must be ≥ 1, got {max_workers}")
+    batch = _Batch(n)
+
+    def spawn() -> None:
+        threading.Thread(target=batch.worker, args=(reward_fn, examples, completions), daemon=True,
+                         name="reward-worker").start()
+
+    for _ in range(min(max_workers, n)):
+        spawn()
+    with batch.cond:
+        while any(r is None for r in batch.results):
+            now = time.monotonic()
+            for i, start in list(batch.started.items()):
+                if now - start >= timeout_s:
+                    del batch.started[i]  # abandon the call; its thread exits when (if) it returns
+                    batch.results[i] = (0.0, TIMEOUT)
+                    spawn()
+            if batch.started:
+                wait = min(start + timeout_s for start in batch.started.values()) - now
+            else:
+                wait = timeout_s
+            batch.cond.wait(timeout=max(wait, 0.001))
+    return _collect(batch.results)  # type: ignore[arg-type]
+
+
+def _collect(outcomes: list[tuple[float, str | None]]) -> ScoreResult:
+    kinds = [kind for _, kind in outcomes]
+    return ScoreResult(
+        rewards=[value for value, _ in outcomes],
+        errors=sum(1 for k in kinds if k is not None and k.startswith("error:")),
+        timeouts=kinds.count(TIMEOUT),
+        nonfinite=kinds.count(NONFINITE),
+        error_kinds=kinds,
+    )
