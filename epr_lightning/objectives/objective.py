@@ -86,22 +86,33 @@ class Objective:
         return adv.detach()
 
     def compute_loss(self, batch: PolicyBatch) -> LossOutput:
-        """Per-token policy loss + extra terms, aggregated to a scalar; metrics merged."""
+        """Per-token policy loss + extra terms, aggregated to a scalar.
+
+        Metric names come back namespaced: ``loss/pg``, ``loss/<TermClass>``, ``loss/total`` and
+        ``policy/<name>`` for what the pieces report (clip fractions, ratios…).
+        """
         out = self.loss(batch)
         per_token = out.loss
-        metrics = dict(out.metrics)
+        metrics = {f"policy/{k}": v for k, v in out.metrics.items()}
+        metrics["loss/pg"] = aggregate(out.loss, batch.mask, self.aggregation).detach()
         token_stats = dict(out.token_stats)
         for term in self.terms:
             t = term(batch)
             per_token = per_token + t.loss
-            metrics.update(t.metrics)
+            metrics.update({f"policy/{k}": v for k, v in t.metrics.items()})
+            metrics[f"loss/{type(term).__name__}"] = aggregate(t.loss, batch.mask, self.aggregation).detach()
             token_stats.update(t.token_stats)
         loss = aggregate(per_token, batch.mask, self.aggregation)
+        metrics["loss/total"] = loss.detach()
         return LossOutput(loss=loss, metrics=metrics, token_stats=token_stats)
 
     # -- persistence of adapted coefficients ----------------------------------------------------------
     def _pieces(self) -> dict[str, object]:
         pieces: dict[str, object] = {"loss": self.loss}
+        inner, name = getattr(self.loss, "base", None), "loss.base"
+        while isinstance(inner, PolicyLoss):  # wrappers (Clip-Cov, KL-Cov) expose the surrogate they wrap
+            pieces[name] = inner
+            inner, name = getattr(inner, "base", None), name + ".base"
         pieces.update({f"transforms.{i}": t for i, t in enumerate(self.transforms)})
         pieces.update({f"terms.{i}": t for i, t in enumerate(self.terms)})
         return pieces

@@ -1,0 +1,319 @@
+"""RLModule: one rollout-then-update iteration per ``training_step``, as named stages.
+
+    prompts → generate (no grad) → rewards → advantages → epochs × minibatches of clipped updates
+    → push weights to the engine → StepRecord for the callbacks
+
+Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iteration`` counts rollouts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from epr_lightning.models import PackagedSmolLM2, PolicySource, encode_prompts
+from epr_lightning.objectives.objective import Objective
+from epr_lightning.record import StepRecord
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
+from epr_lightning.rollout.hf import HFEngine
+from epr_lightning.tasks.base import Example
+from epr_lightning.training import PolicyPass, UpdateStats, run_update, score_rollout
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
+
+
+class RLModule(pl.LightningModule):
+    """RL post-training of a causal LM with a pluggable objective and rollout engine.
+
+    Args:
+        policy: where the model and tokenizer come from.
+        engine: the rollout engine (HF ``generate`` in-process by default; SGLang for GPUs).
+        objective: advantage estimator, REPO-style transforms, surrogate loss, extra terms.
+        sampling: rollout sampling settings (temperature, top-p, max new tokens, seed).
+        num_generations: samples per prompt (the group size G).
+        ppo_epochs: passes over each rollout.
+        minibatch_size: samples per optimizer step (None = the whole rollout: one step per epoch).
+        optimizer: optimizer factory (``class_path`` + ``init_args`` in YAML).
+        lr_scheduler: optional scheduler factory; stepped once per optimizer step.
+        grad_clip: max global grad norm (None = no clipping).
+        logprob_chunk_size: scored tokens per LM-head chunk in the fp32 log-prob/entropy pass.
+        fp32_lm_head: run the LM-head matmul in fp32 (bf16 weights then do not round the logits).
+        use_chat_template: wrap prompts with the tokenizer's chat template when it has one.
+        max_prompt_tokens: prompts longer than this are skipped or rejected (see ``long_prompts``).
+        long_prompts: "skip" (count and drop) or "error".
+        reward_timeout_s: per-completion reward timeout; raising/timing-out/NaN rewards count as 0.
+        max_nonfinite_updates: consecutive non-finite losses/gradients tolerated before aborting.
+        val_num_generations: samples per validation prompt (None = ``num_generations``).
+        gradient_checkpointing: recompute decoder activations in backward (saves memory).
+    """
+
+    def __init__(
+        self,
+        policy: PolicySource | None = None,
+        engine: RolloutEngine | None = None,
+        objective: Objective | None = None,
+        sampling: SamplingParams | None = None,
+        num_generations: int = 4,
+        ppo_epochs: int = 1,
+        minibatch_size: int | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        grad_clip: float | None = 1.0,
+        logprob_chunk_size: int = 1024,
+        fp32_lm_head: bool = True,
+        use_chat_template: bool = True,
+        max_prompt_tokens: int | None = None,
+        long_prompts: Literal["skip", "error"] = "skip",
+        reward_timeout_s: float = 5.0,
+        max_nonfinite_updates: int = 3,
+        val_num_generations: int | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        if num_generations < 1:
+            raise ValueError(f"model.num_generations must be >= 1, got {num_generations}")
+        if ppo_epochs < 1:
+            raise ValueError(f"model.ppo_epochs must be >= 1, got {ppo_epochs}")
+        if minibatch_size is not None and minibatch_size < 1:
+            raise ValueError(f"model.minibatch_size must be >= 1, got {minibatch_size}")
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"model.grad_clip must be > 0 or null, got {grad_clip}")
+        if long_prompts not in ("skip", "error"):
+            raise ValueError(f"model.long_prompts must be 'skip' or 'error', got {long_prompts!r}")
+        self.policy_source = policy
+        self.engine = engine if engine is not None else HFEngine()
+        self.objective = objective if objective is not None else Objective()
+        self.sampling = sampling if sampling is not None else SamplingParams()
+        if self.objective.on_policy_only and (ppo_epochs > 1 or minibatch_size is not None):
+            raise ValueError(
+                f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1 and "
+                "minibatch_size=null (one update per rollout)"
+            )
+        self.num_generations = num_generations
+        self.ppo_epochs = ppo_epochs
+        self.minibatch_size = minibatch_size
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.grad_clip = grad_clip
+        self.logprob_chunk_size = logprob_chunk_size
+        self.fp32_lm_head = fp32_lm_head
+        self.use_chat_template = use_chat_template
+        self.max_prompt_tokens = max_prompt_tokens
+        self.long_prompts = long_prompts
+        self.reward_timeout_s = reward_timeout_s
+        self.max_nonfinite_updates = max_nonfinite_updates
+        self.val_num_generations = val_num_generations or num_generations
+        self.gradient_checkpointing = gradient_checkpointing
+        self.iteration = 0  # completed rollout iterations (checkpointed)
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.skipped_prompts = 0
+        self.policy: torch.nn.Module | None = None
+        self._reference: list[torch.nn.Module] = []  # a list hides it from state_dict/checkpoints
+        self.tokenizer: Any = None
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        """The frozen initial policy for KL terms (None unless the objective needs one)."""
+        return self._reference[0] if self._reference else None
+
+    # ---------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        """Build the policy once (idempotent: Lightning calls this for every stage)."""
+        if self.policy is not None:
+            return
+        source = self.policy_source if self.policy_source is not None else PackagedSmolLM2()
+        self.policy, self.tokenizer = source.build()
+        if self.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        if self.objective.needs_reference and not self._reference:
+            reference, _ = source.build()
+            self._reference = [reference.requires_grad_(False).eval()]
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        self.engine.setup(self.policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # ---------------------------------------------------------------- the iteration
+    def training_step(self, batch: list[Example], batch_idx: int) -> dict[str, StepRecord]:
+        examples = self.admit_prompts(batch)
+        rollout = self.rollout(examples, self.num_generations)
+        rewards, correct, answers, reward_errors = self.score(examples, rollout)
+        tokens = rollout.to_batch(self.pad_id, self.device)
+        seq_adv = self.objective.sequence_advantages(rewards.to(self.device), tokens.group_index)
+        stats = run_update(self, tokens, seq_adv)
+        self.engine.push_weights(self.policy)
+        record = self.make_record(examples, rollout, tokens, rewards, correct, answers, seq_adv, stats, reward_errors)
+        self.log_iteration(record, rollout, stats, len(examples))
+        self.iteration += 1
+        return {"record": record}
+
+    # ---------------------------------------------------------------- stages
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+    def admit_prompts(self, examples: list[Example]) -> list[Example]:
+        """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; cache their token ids."""
+        system = getattr(self.task, "system_prompt", None)
+        ids = encode_prompts(self.tokenizer, [e.prompt for e in examples], system, self.use_chat_template)
+        kept = []
+        for ex, p in zip(examples, ids):
+            if not ex.prompt.strip():
+                raise ValueError(f"example {ex.id!r} has an empty prompt")
+            if self.max_prompt_tokens is not None and len(p) > self.max_prompt_tokens:
+                if self.long_prompts == "error":
+                    raise ValueError(
+                        f"example {ex.id!r}: prompt has {len(p)} tokens > model.max_prompt_tokens={self.max_prompt_tokens}"
+                    )
+                self.skipped_prompts += 1
+                continue
+            ex.meta["_prompt_ids"] = p
+            kept.append(ex)
+        if not kept:
+            raise ValueError("every prompt of this batch was longer than model.max_prompt_tokens")
+        return kept
+
+    @torch.no_grad()
+    def rollout(self, examples: list[Example], num_samples: int) -> Rollout:
+        self.engine.wake_up()
+        rollout = self.engine.generate(
+            [e.meta["_prompt_ids"] for e in examples], self.sampling, num_samples, model=self.policy
+        )
+        self.engine.sleep()
+        return rollout
+
+    @property
+    def task(self) -> Any:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(dm, "task", None)
+
+    def score(self, examples: list[Example], rollout: Rollout) -> tuple[Tensor, Tensor, list[str | None], int]:
+        if self.task is None:
+            raise RuntimeError("RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)")
+        return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
+
+    def policy_pass(self, tokens: TokenBatch, *, grad: bool) -> PolicyPass:
+        """fp32 log-probs and exact entropies of the completion tokens under the current policy."""
+        from epr_lightning.logprobs import token_logprobs_and_entropy
+
+        with torch.set_grad_enabled(grad):
+            logp, entropy = token_logprobs_and_entropy(
+                self.policy,
+                tokens.input_ids,
+                tokens.attention_mask,
+                tokens.loss_mask,
+                temperature=self.sampling.temperature,
+                chunk_size=self.logprob_chunk_size,
+                fp32_head=self.fp32_lm_head,
+            )
+        return PolicyPass(logp=logp, entropy=entropy)
+
+    def make_record(
+        self,
+        examples: list[Example],
+        rollout: Rollout,
+        tokens: TokenBatch,
+        rewards: Tensor,
+        correct: Tensor,
+        answers: list[str | None],
+        seq_adv: Tensor,
+        stats: UpdateStats,
+        reward_errors: int,
+    ) -> StepRecord:
+        cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
+        return StepRecord(
+            iteration=self.iteration,
+            input_ids=tokens.input_ids.cpu(),
+            loss_mask=tokens.loss_mask.cpu(),
+            group_index=tokens.group_index.cpu(),
+            rewards=rewards.cpu(),
+            correct=correct.cpu(),
+            seq_advantages=cpu(seq_adv),
+            token_advantages=cpu(stats.token_advantages),
+            entropy=cpu(stats.old.entropy),
+            old_logp=cpu(stats.old.logp),
+            sampler_logp=tokens.sampler_logprobs.cpu(),
+            clip_upper=cpu(stats.clip_upper),
+            clip_lower=cpu(stats.clip_lower),
+            prompts=[e.prompt for e in examples],
+            completions=rollout.completion_text,
+            answers=answers,
+            num_prompts=len(examples),
+            num_generations=self.num_generations,
+            reward_errors=reward_errors,
+            metrics={k: float(v) for k, v in stats.metrics.items()},
+        )
+
+    def log_iteration(self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int) -> None:
+        mask = record.loss_mask
+        lengths = mask.sum(dim=1)
+        metrics = {
+            "rollout/reward_mean": record.rewards.mean(),
+            "rollout/reward_std": record.rewards.std(unbiased=False),
+            "rollout/accuracy": record.correct.float().mean(),
+            "rollout/completion_len": lengths.mean(),
+            "rollout/truncated_frac": torch.tensor(sum(f == "length" for f in rollout.finish_reason) / len(rollout)),
+            "rollout/reward_errors": torch.tensor(float(record.reward_errors)),
+            "rollout/skipped_prompts": torch.tensor(float(self.skipped_prompts)),
+            "policy/entropy": torch.tensor(record.token_mean_entropy()),
+            "policy/entropy_mc": torch.tensor(record.mc_entropy()),
+            "train/iteration": torch.tensor(float(self.iteration)),
+            "train/nonfinite_skips": torch.tensor(float(self.nonfinite_total)),
+        }
+        metrics.update({k: torch.as_tensor(v) for k, v in stats.metrics.items()})
+        bar = {"rollout/reward_mean", "policy/entropy"}
+        for name, value in metrics.items():
+            self.log(name, value.float(), on_step=True, prog_bar=name in bar, batch_size=num_prompts)
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch: list[Example], batch_idx: int) -> None:
+        from epr_lightning.validation import validation_metrics
+
+        examples = self.admit_prompts(batch)
+        rollout = self.rollout(examples, self.val_num_generations)
+        rewards, correct, answers, errors = self.score(examples, rollout)
+        tokens = rollout.to_batch(self.pad_id, self.device)
+        old = self.policy_pass(tokens, grad=False)
+        for name, value in validation_metrics(tokens, old, rewards, correct, answers, rollout, self.val_num_generations).items():
+            self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=len(examples), sync_dist=True)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["epr"] = {
+            "iteration": self.iteration,
+            "objective": self.objective.state_dict(),
+            "engine": self.engine.state_dict() if hasattr(self.engine, "state_dict") else {},
+            "nonfinite_total": self.nonfinite_total,
+            "skipped_prompts": self.skipped_prompts,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("epr")
+        if state is None:
+            return
+        self.iteration = int(state["iteration"])
+        self.objective.load_state_dict(state["objective"])
+        if state.get("engine") and hasattr(self.engine, "load_state_dict"):
+            self.engine.load_state_dict(state["engine"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.skipped_prompts = int(state.get("skipped_prompts", 0))
+
+    def on_train_start(self) -> None:
+        # A resumed or freshly built policy must be what the engine samples from.
+        if self.iteration > 0:
+            self.engine.push_weights(self.policy)

@@ -1,0 +1,144 @@
+"""The in-process HF engine: transformers ``generate`` on the trainer's own policy (CPU or GPU).
+
+It samples from the very module being trained, so ``push_weights`` has nothing to copy. Sampler log-probs
+are ``log_softmax(logits / T)`` over the full vocabulary (before top-p truncation), the same semantics as
+SGLang, computed in fp32 from the raw logits of each step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
+
+
+class HFEngine(RolloutEngine):
+    """Sampling with ``model.generate``.
+
+    Args:
+        generation_batch_size: prompts × samples per ``generate`` call (None = all at once).
+    """
+
+    def __init__(self, generation_batch_size: int | None = None) -> None:
+        if generation_batch_size is not None and generation_batch_size <= 0:
+            raise ValueError(f"engine.generation_batch_size must be > 0, got {generation_batch_size}")
+        self.generation_batch_size = generation_batch_size
+        self.weight_version = 0
+        self.calls = 0
+        self.rank = 0
+        self.world_size = 1
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any, *, rank: int = 0, world_size: int = 1) -> None:
+        self.tokenizer = tokenizer
+        self.rank, self.world_size = rank, world_size
+
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "weight_version": self.weight_version}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])
+        self.weight_version = int(state["weight_version"])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        params: SamplingParams,
+        num_samples: int,
+        *,
+        model: torch.nn.Module | None = None,
+    ) -> Rollout:
+        if model is None:
+            raise ValueError("HFEngine.generate needs the policy module (model=...)")
+        flat_prompts = [p for p in prompt_ids for _ in range(num_samples)]  # prompt-major
+        groups = [g for g in range(len(prompt_ids)) for _ in range(num_samples)]
+        stop_ids = self._stop_ids(params)
+        # Reseed per call, outside the global RNG stream, so a resumed run samples the same tokens.
+        seed = params.seed + 100_003 * self.calls + 7919 * self.rank
+        self.calls += 1
+        device = next(model.parameters()).device
+        devices = [device] if device.type == "cuda" else []
+        completions: list[list[int]] = []
+        logprobs: list[list[float]] = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            step = self.generation_batch_size or len(flat_prompts)
+            for start in range(0, len(flat_prompts), step):
+                c, lp = self._generate_chunk(model, flat_prompts[start : start + step], params, stop_ids, device)
+                completions += c
+                logprobs += lp
+        finish = ["stop" if c and c[-1] in stop_ids else "length" for c in completions]
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        prompt_text = self.tokenizer.batch_decode(flat_prompts, skip_special_tokens=False)
+        return Rollout(
+            prompt_ids=flat_prompts,
+            completion_ids=completions,
+            sampler_logprobs=logprobs,
+            group_index=groups,
+            finish_reason=finish,
+            completion_text=texts,
+            prompt_text=prompt_text,
+            weight_version=self.weight_version,
+        )
+
+    def _stop_ids(self, params: SamplingParams) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        ids = list(params.stop_token_ids)
+        if eos is not None and eos not in ids:
+            ids.insert(0, eos)
+        return ids
+
+    def _generate_chunk(
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        stop_ids: list[int],
+        device: torch.device,
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompts):  # left padding for generation
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        was_training = model.training
+        model.eval()
+        try:
+            # A fresh config: the checkpoint's own generation defaults (top-k, penalties) never leak in.
+            config = GenerationConfig(
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=stop_ids,
+                pad_token_id=pad,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                synced_gpus=self.world_size > 1,
+            )
+        finally:
+            model.train(was_training)
+        new_tokens = out.sequences[:, width:].cpu()
+        # [B, steps] fp32 log-probs of the sampled tokens under the temperature-scaled distribution
+        logits = torch.stack(out.logits, dim=1).float()
+        logp = torch.log_softmax(logits / params.temperature, dim=-1)
+        token_logp = logp.gather(-1, new_tokens.to(logp.device)[..., None]).squeeze(-1).cpu()
+        stop = torch.tensor(stop_ids)
+        completions, logprobs = [], []
+        for row, lp in zip(new_tokens, token_logp):
+            hits = torch.isin(row, stop).nonzero()
+            n = int(hits[0]) + 1 if len(hits) else len(row)
+            completions.append(row[:n].tolist())
+            logprobs.append(lp[:n].tolist())
+        return completions, logprobs

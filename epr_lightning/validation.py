@@ -1,0 +1,48 @@
+"""Validation metrics of one batch of held-out prompts (logged under ``val/`` by the module)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
+from epr_lightning.rollout.base import Rollout, TokenBatch
+from epr_lightning.training import PolicyPass
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def validation_metrics(
+    tokens: TokenBatch,
+    old: PolicyPass,
+    rewards: Tensor,
+    correct: Tensor,
+    answers: list[str | None],
+    rollout: Rollout,
+    num_generations: int,
+) -> dict[str, float]:
+    """Reward, pass@k for k = 1..G (unbiased), entropy and within-group diversity of the batch."""
+    mask = tokens.loss_mask
+    out: dict[str, float] = {
+        "reward_mean": float(rewards.mean()),
+        "entropy": float((old.entropy * mask).sum() / mask.sum().clamp_min(1.0)),
+        "completion_len": float(mask.sum(dim=1).float().mean()),
+    }
+    groups_correct = group_by(correct.tolist(), rollout.group_index)
+    for k in range(1, num_generations + 1):
+        out[f"pass@{k}"] = sum(pass_at_k(len(g), sum(g), k) for g in groups_correct) / len(groups_correct)
+    texts = group_by(rollout.completion_text, rollout.group_index)
+    for n in (1, 2):
+        value = _mean([distinct_n(g, n) for g in texts])
+        if value is not None:
+            out[f"distinct_{n}"] = value
+    bleu = _mean([self_bleu(g) for g in texts])
+    if bleu is not None:
+        out["self_bleu"] = bleu
+    answer_groups = group_by(answers, rollout.group_index)
+    out["distinct_correct"] = sum(
+        distinct_correct(a, c) for a, c in zip(answer_groups, groups_correct)
+    ) / len(answer_groups)
+    return out
