@@ -1,0 +1,93 @@
+"""Extra per-token loss terms added to the policy loss: an explicit entropy bonus and a KL penalty to a
+reference policy. (Clip-Cov / KL-Cov wrap the surrogate instead and live in ``losses.py``.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch import Tensor
+
+from epr_lightning.objectives.base import LossOutput, LossTerm, PolicyBatch, masked_mean
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(π‖π_ref) from tokens sampled from π (Schulman's k1/k2/k3).
+
+    With d = log π_ref − log π: k1 = −d, k2 = d²/2, k3 = e^d − d − 1 (unbiased and ≥ 0).
+    """
+    d = ref_logp.float() - logp.float()
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d * d
+    if estimator == "k3":
+        return d.exp() - d - 1.0
+    raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+
+
+def _check_coef(coef: float) -> float:
+    if not (coef >= 0.0 and math.isfinite(coef)):
+        raise ValueError(f"coef must be a finite number >= 0, got {coef!r}")
+    return float(coef)
+
+
+class EntropyBonus(LossTerm):
+    """Explicit entropy bonus: per-token loss −coef·H(s_t), with the gradient through the full-vocab entropy.
+
+    Needs a logits pass (not CCE-compatible, unlike REPO). ``coef`` is mutable: the adaptive-bonus
+    controller adapts it.
+
+    Args:
+        coef: bonus weight β ≥ 0.
+    """
+
+    needs_entropy_grad = True
+
+    def __init__(self, coef: float = 1e-3) -> None:
+        self.coef = _check_coef(coef)
+
+    def __call__(self, batch: PolicyBatch) -> LossOutput:
+        if batch.entropy is None:
+            raise ValueError("EntropyBonus needs batch.entropy (with grad); the module computed none")
+        per_token = -self.coef * batch.entropy.float()
+        return LossOutput(
+            loss=per_token,
+            metrics={"entropy_bonus": masked_mean(per_token.detach(), batch.mask), "entropy_bonus_coef": _t(self.coef, per_token)},
+        )
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.coef}
+
+
+class KLPenalty(LossTerm):
+    """KL penalty to a frozen reference policy: per-token coef·KL_est(π‖π_ref).
+
+    Args:
+        coef: penalty weight ≥ 0.
+        estimator: ``k1``, ``k2`` or ``k3`` (default; the GRPO paper's choice).
+    """
+
+    needs_reference = True
+
+    def __init__(self, coef: float = 1e-3, estimator: KLEstimator = "k3") -> None:
+        self.coef = _check_coef(coef)
+        if estimator not in KLEstimator.__args__:
+            raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+        self.estimator = estimator
+
+    def __call__(self, batch: PolicyBatch) -> LossOutput:
+        if batch.ref_logp is None:
+            raise ValueError("KLPenalty needs batch.ref_logp (reference log-probs); the module computed none")
+        kl = kl_estimate(batch.logp, batch.ref_logp, self.estimator)
+        return LossOutput(loss=self.coef * kl, metrics={"kl_ref": masked_mean(kl.detach(), batch.mask)})
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.coef}
+
+
+def _t(value: float, like: Tensor) -> Tensor:
+    return like.new_tensor(value)
