@@ -54,10 +54,11 @@ class EntropyBonus(LossTerm):
         if batch.entropy is None:
             raise ValueError("EntropyBonus needs batch.entropy (with grad); the module computed none")
         per_token = -self.coef * batch.entropy.float()
-        return LossOutput(
-            loss=per_token,
-            metrics={"entropy_bonus": masked_mean(per_token.detach(), batch.mask), "entropy_bonus_coef": _t(self.coef, per_token)},
-        )
+        metrics = {
+            "entropy_bonus": masked_mean(per_token.detach(), batch.mask),
+            "entropy_bonus_coef": per_token.new_tensor(self.coef),
+        }
+        return LossOutput(loss=per_token, metrics=metrics)
 
     def state_dict(self) -> dict[str, float]:
         return {"coef": self.coef}
@@ -87,7 +88,3 @@ class KLPenalty(LossTerm):
 
     def state_dict(self) -> dict[str, float]:
         return {"coef": self.coef}
-
-
-def _t(value: float, like: Tensor) -> Tensor:
-    return like.new_tensor(value)
