@@ -48,8 +48,10 @@ def test_grpo_group_of_one_raises_naming_num_generations():
 def test_drgrpo_mean_centred_and_allows_single():
     adv = DrGRPOAdvantage()(torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0]), torch.tensor([0, 0, 1, 1, 2]))
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0]))
-    assert torch.equal(grpo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), scale_by_std=False),
-                       torch.tensor([0.5, -0.5]))
+    assert torch.equal(
+        grpo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), scale_by_std=False),
+        torch.tensor([0.5, -0.5]),
+    )
 
 
 def test_rloo_hand_values():

@@ -175,7 +175,9 @@ def test_clip_cov_zeroes_exactly_the_selected_tokens():
 def test_clip_cov_skips_tokens_the_base_already_clips():
     # token (0,0): A=2, ratio e^0=1 vs old -1 -> r = e = 2.72 > 1.2: clipped upper by PPO, so not selectable
     old = [[-1.0, -1.0, -4.0, -3.0], [-2.0, -2.0, -2.0, -2.0]]
-    out = ClipCovLoss(PPOClipLoss(), clip_ratio=0.25, cov_low=3.0, cov_high=5.0)(_batch(COV_LOGP, COV_ADV, old=old))
+    out = ClipCovLoss(PPOClipLoss(), clip_ratio=0.25, cov_low=3.0, cov_high=5.0)(
+        _batch(COV_LOGP, COV_ADV, old=old)
+    )
     assert out.token_stats["clip_upper"][0, 0].item() == 1
     assert out.token_stats["cov_clipped"].tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
 
@@ -232,11 +234,18 @@ def test_aggregation_modes():
 def test_objective_compute_loss_end_to_end():
     # Dr.GRPO of rewards [1,0] -> A = [0.5, -0.5]; mask [[1,1],[1,0]]; logp = [[ln.5, ln.25],[ln.5, 0]]
     # REPO-R (zeta 0.1): A_R = A - 0.05*logp -> [0.5+0.05ln2, 0.5+0.1ln2 | -0.5+0.05ln2, 0(masked)]
-    obj = Objective(advantage=DrGRPOAdvantage(), transforms=[REPOR(zeta=0.1)], loss=PPOClipLoss(),
-                    terms=[EntropyBonus(coef=0.1)], aggregation="token_mean")
+    obj = Objective(
+        advantage=DrGRPOAdvantage(),
+        transforms=[REPOR(zeta=0.1)],
+        loss=PPOClipLoss(),
+        terms=[EntropyBonus(coef=0.1)],
+        aggregation="token_mean",
+    )
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     lp = torch.tensor([[-LN2, -2 * LN2], [-LN2, 0.0]])
-    adv = obj.token_advantages(obj.sequence_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0])), mask, lp, None)
+    adv = obj.token_advantages(
+        obj.sequence_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0])), mask, lp, None
+    )
     a_r = [0.5 + 0.05 * LN2, 0.5 + 0.1 * LN2, -0.5 + 0.05 * LN2]
     torch.testing.assert_close(adv, torch.tensor([[a_r[0], a_r[1]], [a_r[2], 0.0]]))
     entropy = torch.tensor([[1.0, 2.0], [3.0, 9.0]], requires_grad=True)
@@ -253,14 +262,18 @@ def test_objective_compute_loss_end_to_end():
 
 
 def test_objective_state_dict_round_trip_and_find():
-    obj = Objective(transforms=[REPOR()], loss=ClipCovLoss(PPOClipLoss(eps_high=0.28)), terms=[EntropyBonus()])
+    obj = Objective(
+        transforms=[REPOR()], loss=ClipCovLoss(PPOClipLoss(eps_high=0.28)), terms=[EntropyBonus()]
+    )
     (ppo,) = obj.find(PPOClipLoss)  # controllers find the surrogate inside the Clip-Cov wrapper
     ppo.eps_high = 0.4
     obj.find(REPOR)[0].zeta = -2e-4
     obj.terms[0].coef = 5e-3
     state = obj.state_dict()
     assert state["loss.base"] == {"eps_low": 0.2, "eps_high": 0.4}
-    fresh = Objective(transforms=[REPOR()], loss=ClipCovLoss(PPOClipLoss(eps_high=0.28)), terms=[EntropyBonus()])
+    fresh = Objective(
+        transforms=[REPOR()], loss=ClipCovLoss(PPOClipLoss(eps_high=0.28)), terms=[EntropyBonus()]
+    )
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
     assert fresh.find(PPOClipLoss)[0].eps_high == 0.4 and fresh.transforms[0].zeta == -2e-4

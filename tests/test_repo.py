@@ -33,19 +33,24 @@ def test_repo_r_sign_clamp_and_floor():
     assert t(torch.tensor([[1.0]]), lp, None, torch.ones(1, 1)).item() == 0.0
     assert t.last_stats["clamped_frac"] == 1.0
     # floor: logp=-50 is used as -20: 1 - 0.01*1*(-20) = 1.2 (not 1.5)
-    assert REPOR(zeta=0.01)(torch.tensor([[1.0]]), torch.tensor([[-50.0]]), None, torch.ones(1, 1)).item() == \
-        pytest.approx(1.2)
+    assert REPOR(zeta=0.01)(
+        torch.tensor([[1.0]]), torch.tensor([[-50.0]]), None, torch.ones(1, 1)
+    ).item() == pytest.approx(1.2)
 
 
 def test_repo_r_mask_zeroes_padding():
-    out = REPOR(zeta=0.1)(torch.tensor([[2.0, 2.0]]), torch.full((1, 2), -3.0), None, torch.tensor([[1.0, 0.0]]))
+    out = REPOR(zeta=0.1)(
+        torch.tensor([[2.0, 2.0]]), torch.full((1, 2), -3.0), None, torch.tensor([[1.0, 0.0]])
+    )
     torch.testing.assert_close(out, torch.tensor([[2.6, 0.0]]))
 
 
 def test_repo_general_form():
     # L = logp + H = [-0.5, -1.5]; A' = A - 0.2*L = [1 + 0.1, -1 + 0.3]
     t = REPO(beta=0.2)
-    out = t(torch.tensor([[1.0, -1.0]]), torch.tensor([[-1.0, -2.0]]), torch.full((1, 2), 0.5), torch.ones(1, 2))
+    out = t(
+        torch.tensor([[1.0, -1.0]]), torch.tensor([[-1.0, -2.0]]), torch.full((1, 2), 0.5), torch.ones(1, 2)
+    )
     torch.testing.assert_close(out, torch.tensor([[1.1, -0.7]]))
     assert t.needs_entropy
     with pytest.raises(ValueError, match="entropy"):
@@ -103,6 +108,8 @@ def test_gradient_does_not_flow_through_repo_logp():
     # A = [0.5, -0.5]; A_R = A - 0.1*0.5*logp = [[0.5+0.05, 0.5+0.1], [-0.5+0.15, -0.5+0.025]]
     expected = torch.tensor([[0.55, 0.6], [-0.35, -0.475]])
     torch.testing.assert_close(adv, expected)
-    batch = PolicyBatch(logp=logp, old_logp=logp.detach(), sampler_logp=logp.detach(), advantages=adv, mask=mask)
+    batch = PolicyBatch(
+        logp=logp, old_logp=logp.detach(), sampler_logp=logp.detach(), advantages=adv, mask=mask
+    )
     obj.compute_loss(batch).loss.backward()
     torch.testing.assert_close(logp.grad, -expected / 4)

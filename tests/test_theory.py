@@ -80,9 +80,13 @@ def test_repo_beta_uniform_policy_is_zero():
 def test_sampled_estimator_hand_value():
     # pi = [0.5, 0.25], H = 1, A = [1, -1]: pi*A*L = 0.5*(1-ln2) + 0.25*(2ln2-1) = 0.25 in total, 0.125 per token
     logp = torch.tensor([[-math.log(2), -math.log(4), -9.0]])
-    out = sampled_entropy_covariance(logp, torch.ones(1, 3), torch.tensor([[1.0, -1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    out = sampled_entropy_covariance(
+        logp, torch.ones(1, 3), torch.tensor([[1.0, -1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    )
     assert out.item() == pytest.approx(0.125, abs=1e-6)
-    pred = predicted_entropy_change(logp, torch.ones(1, 3), torch.tensor([[1.0, -1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.1)
+    pred = predicted_entropy_change(
+        logp, torch.ones(1, 3), torch.tensor([[1.0, -1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.1
+    )
     assert pred.item() == pytest.approx(-0.0125, abs=1e-7)
 
 

@@ -63,7 +63,9 @@ def group_mean_std(rewards: Tensor, group_index: Tensor, unbiased: bool = True) 
     return means[inverse], var.sqrt()[inverse]
 
 
-def grpo_advantages(rewards: Tensor, group_index: Tensor, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:
+def grpo_advantages(
+    rewards: Tensor, group_index: Tensor, eps: float = 1e-6, scale_by_std: bool = True
+) -> Tensor:
     """(R − group mean) / (group std + eps), or just R − group mean when ``scale_by_std`` is False."""
     mean, std = group_mean_std(rewards, group_index, unbiased=True)
     centred = rewards.to(torch.float32) - mean

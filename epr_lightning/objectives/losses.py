@@ -28,7 +28,9 @@ def clipped_surrogate(ratio: Tensor, adv: Tensor, eps_low: float, eps_high: floa
     return -torch.minimum(ratio * adv, ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv)
 
 
-def clip_masks(ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
+def clip_masks(
+    ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor]:
     """Tokens whose gradient the clip removes: upper (A>0, r>1+ε_high) and lower (A<0, r<1−ε_low), as floats."""
     m = mask > 0
     upper = (adv > 0) & (ratio > 1.0 + eps_high) & m
@@ -78,7 +80,9 @@ def _check_tis(tis_cap: float | None) -> float | None:
     return None if tis_cap is None else float(tis_cap)
 
 
-def _apply_tis(per_token: Tensor, batch: PolicyBatch, cap: float | None, metrics: dict[str, Tensor]) -> Tensor:
+def _apply_tis(
+    per_token: Tensor, batch: PolicyBatch, cap: float | None, metrics: dict[str, Tensor]
+) -> Tensor:
     if cap is None:
         return per_token
     raw = (batch.old_logp.float() - batch.sampler_logp.float()).exp().detach()
@@ -88,7 +92,9 @@ def _apply_tis(per_token: Tensor, batch: PolicyBatch, cap: float | None, metrics
     return per_token * w
 
 
-def _ratio_metrics(ratio: Tensor, log_ratio: Tensor, upper: Tensor, lower: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def _ratio_metrics(
+    ratio: Tensor, log_ratio: Tensor, upper: Tensor, lower: Tensor, mask: Tensor
+) -> dict[str, Tensor]:
     rmax, rmin = _masked_max_min(ratio.detach(), mask)
     return {
         "clipfrac_upper": masked_mean(upper, mask),
@@ -124,7 +130,9 @@ class PPOClipLoss(PolicyLoss):
         upper, lower = clip_masks(ratio.detach(), adv, batch.mask, self.eps_low, self.eps_high)
         metrics = _ratio_metrics(ratio, log_ratio, upper, lower, batch.mask)
         per_token = _apply_tis(per_token, batch, self.tis_cap, metrics)
-        return LossOutput(loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower})
+        return LossOutput(
+            loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
+        )
 
     def state_dict(self) -> dict[str, float]:
         return {"eps_low": self.eps_low, "eps_high": self.eps_high}
@@ -164,9 +172,13 @@ class GSPOLoss(PolicyLoss):
         metrics = _ratio_metrics(ratio, (ratio.detach()).log(), upper, lower, batch.mask)
         rows = batch.mask.sum(dim=1) > 0
         if rows.any():
-            metrics.update(seq_ratio_mean=s[rows].mean(), seq_ratio_max=s[rows].max(), seq_ratio_min=s[rows].min())
+            metrics.update(
+                seq_ratio_mean=s[rows].mean(), seq_ratio_max=s[rows].max(), seq_ratio_min=s[rows].min()
+            )
         per_token = _apply_tis(per_token, batch, self.tis_cap, metrics)
-        return LossOutput(loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower})
+        return LossOutput(
+            loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
+        )
 
     def state_dict(self) -> dict[str, float]:
         return {"eps_low": self.eps_low, "eps_high": self.eps_high}
@@ -182,7 +194,9 @@ class REINFORCELoss(PolicyLoss):
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:
         per_token = -batch.advantages.float() * batch.logp.float()
-        return LossOutput(loss=per_token, metrics={"logp_mean": masked_mean(batch.logp.detach().float(), batch.mask)})
+        return LossOutput(
+            loss=per_token, metrics={"logp_mean": masked_mean(batch.logp.detach().float(), batch.mask)}
+        )
 
 
 class _CovWrapper(PolicyLoss):
@@ -212,7 +226,12 @@ class ClipCovLoss(_CovWrapper):
     """
 
     def __init__(
-        self, base: PolicyLoss, clip_ratio: float = 2e-4, cov_low: float = 1.0, cov_high: float = 5.0, seed: int = 0
+        self,
+        base: PolicyLoss,
+        clip_ratio: float = 2e-4,
+        cov_low: float = 1.0,
+        cov_high: float = 5.0,
+        seed: int = 0,
     ) -> None:
         super().__init__(base)
         if not (0.0 <= clip_ratio <= 1.0):

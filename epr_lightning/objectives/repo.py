@@ -54,7 +54,9 @@ def repo_r_advantages(
     lp = logp.clamp_min(logp_floor)
     out = advantages - zeta * advantages.abs() * lp
     if sign_preserving:
-        out = torch.where(advantages > 0, out.clamp_min(0.0), torch.where(advantages < 0, out.clamp_max(0.0), out))
+        out = torch.where(
+            advantages > 0, out.clamp_min(0.0), torch.where(advantages < 0, out.clamp_max(0.0), out)
+        )
     return out
 
 
@@ -68,7 +70,9 @@ def repo_d_beta(advantages: Tensor, logp: Tensor, entropy: Tensor, mask: Tensor,
     ell = centred_logprob(logp, entropy)
     num = (p * advantages * ell * mask).sum()
     den = (p * ell * ell * mask).sum()
-    return torch.where(den > 0, zeta * num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den))
+    return torch.where(
+        den > 0, zeta * num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den)
+    )
 
 
 def _finite(name: str, value: float) -> float:
