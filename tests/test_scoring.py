@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from epr_lightning.tasks import Example, ExactAnswerReward, RewardFunction, score_completions
+from epr_lightning.tasks import ExactAnswerReward, Example, RewardFunction, score_completions
 
 
 class _Scripted(RewardFunction):
@@ -45,8 +45,16 @@ def test_failures_are_zeroed_and_counted():
     assert res.rewards == [1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert (res.errors, res.timeouts, res.nonfinite) == (2, 1, 2)  # raise + str; hang; nan + inf
     assert res.failures == 5
-    assert res.error_kinds == [None, "error:RuntimeError", None, "timeout", "nonfinite", "nonfinite",
-                               "error:ValueError", None]
+    assert res.error_kinds == [
+        None,
+        "error:RuntimeError",
+        None,
+        "timeout",
+        "nonfinite",
+        "nonfinite",
+        "error:ValueError",
+        None,
+    ]
     assert elapsed < 1.5  # the hang (2 s) was abandoned after ~0.2 s
 
 

@@ -14,8 +14,8 @@ from epr_lightning.tasks import (
     ArithmeticTask,
     CountdownReward,
     CountdownTask,
-    Example,
     ExactAnswerReward,
+    Example,
     ExpressionError,
     JSONLTask,
     NumberPropertyReward,
@@ -40,9 +40,24 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("12", "12"), (" 12.0 ", "12"), ("1,200", "1200"), ("-0", "0"), ("+7", "7"), ("007", "7"),
-        ("3.1400", "3.14"), ("$5", "5"), ("12.", "12"), (".5", "0.5"), ("١٢", "12"), ("−3", "-3"),
-        ("twelve", None), ("1 2", "12"), ("", None), (None, None), ("1.2.3", None), ("9" * 100, None),
+        ("12", "12"),
+        (" 12.0 ", "12"),
+        ("1,200", "1200"),
+        ("-0", "0"),
+        ("+7", "7"),
+        ("007", "7"),
+        ("3.1400", "3.14"),
+        ("$5", "5"),
+        ("12.", "12"),
+        (".5", "0.5"),
+        ("١٢", "12"),
+        ("−3", "-3"),
+        ("twelve", None),
+        ("1 2", "12"),
+        ("", None),
+        (None, None),
+        ("1.2.3", None),
+        ("9" * 100, None),
     ],
 )
 def test_canonical_number(text, expected):
@@ -56,10 +71,10 @@ def test_canonical_number(text, expected):
         ("answer: 12.0\nDone.", "12", "tagged"),
         ("Answer: **1,234**", "1234", "tagged"),
         ("Answer: 12 apples", "12", "tagged"),
-        ("Answer: 3\nwait, Answer: 4", "4", "tagged"),          # the last tag wins
-        ("so \\boxed{42} and Answer: 7", "42", "boxed"),         # boxed beats the tag
-        ("\\boxed{\\frac{1}{2}} hmm 5", "1", "boxed"),           # first number inside a non-number box
-        ("I think 3 then 5", "5", "fallback"),                 # last-number fallback
+        ("Answer: 3\nwait, Answer: 4", "4", "tagged"),  # the last tag wins
+        ("so \\boxed{42} and Answer: 7", "42", "boxed"),  # boxed beats the tag
+        ("\\boxed{\\frac{1}{2}} hmm 5", "1", "boxed"),  # first number inside a non-number box
+        ("I think 3 then 5", "5", "fallback"),  # last-number fallback
         ("no digits here", None, None),
         ("Answer: none", None, None),
     ],
@@ -79,12 +94,12 @@ def test_extract_final_answer_unclosed_box_falls_back_to_tag():
 @pytest.mark.parametrize(
     ("expr", "value"),
     [
-        ("1+2*3", Fraction(7)),            # precedence: 1 + 6
+        ("1+2*3", Fraction(7)),  # precedence: 1 + 6
         ("(1+2)*3", Fraction(9)),
-        ("8/3", Fraction(8, 3)),           # exact, no float rounding
-        ("10-4-3", Fraction(3)),           # left-associative: (10-4)-3
-        ("24/4/2", Fraction(3)),           # (24/4)/2
-        ("2 × 3 ÷ 4 − 1", Fraction(1, 2)), # unicode operators: 6/4 - 1
+        ("8/3", Fraction(8, 3)),  # exact, no float rounding
+        ("10-4-3", Fraction(3)),  # left-associative: (10-4)-3
+        ("24/4/2", Fraction(3)),  # (24/4)/2
+        ("2 × 3 ÷ 4 − 1", Fraction(1, 2)),  # unicode operators: 6/4 - 1
         ("-(2+3)*-2", Fraction(10)),
     ],
 )
@@ -94,8 +109,22 @@ def test_safe_eval_values(expr, value):
 
 @pytest.mark.parametrize(
     "expr",
-    ["", "1/0", "2**3", "9**9**9", "1+", "(1+2", "1+2)", "abc", "__import__('os')", "1e5", "1.5+1",
-     "(" * 40 + "1" + ")" * 40, "9" * 20, "999999999999*999999999999*999999999999"],
+    [
+        "",
+        "1/0",
+        "2**3",
+        "9**9**9",
+        "1+",
+        "(1+2",
+        "1+2)",
+        "abc",
+        "__import__('os')",
+        "1e5",
+        "1.5+1",
+        "(" * 40 + "1" + ")" * 40,
+        "9" * 20,
+        "999999999999*999999999999*999999999999",
+    ],
 )
 def test_safe_eval_rejects(expr):
     with pytest.raises(ExpressionError):
@@ -118,7 +147,11 @@ def test_canonical_expression_is_commutative_and_value_preserving():
         canon = canonical_expression(node)
         assert safe_eval(canon) == safe_eval(expr), (expr, canon)
         assert sorted(numbers_in(parse_expression(canon))) == sorted(numbers_in(node))
-    assert canonical_expression(parse_expression("7-(5-3)")) == "7-(5-3)"
+    # additive / multiplicative chains: sorted positive terms, then sorted subtracted terms (divisors)
+    assert canonical_expression(parse_expression("7-(5-3)")) == "3+7-5"
+    assert canonical_expression(parse_expression("8/(4/2)")) == "2*8/4"
+    assert canonical_expression(parse_expression("7-(5-3)"), commutative=False) == "7-(5-3)"
+    assert canonical_expression(parse_expression("(7-5)-3"), commutative=False) == "7-5-3"
 
 
 # -------------------------------------------------------------------------------------------- rewards
@@ -130,7 +163,7 @@ def test_exact_answer_reward_table():
     assert reward(ex, "7 + 5 = 12. Answer: 12") == 1.0
     assert reward(ex, "\\boxed{12.0}") == 1.0
     assert reward(ex, "Answer: 13") == 0.0
-    assert reward(ex, "It is 12") == 0.0               # correct but untagged: fallback_credit = 0
+    assert reward(ex, "It is 12") == 0.0  # correct but untagged: fallback_credit = 0
     assert reward(ex, "garbled ###") == 0.0
     shaped = ExactAnswerReward(format_bonus=0.1, fallback_credit=0.5)
     assert shaped(ex, "Answer: 13") == 0.1
@@ -159,23 +192,25 @@ def test_countdown_reward_table():
     reward = CountdownReward()
     assert reward(ex, "Answer: 3 + 5") == 1.0
     assert reward(ex, "Answer: (5 + 3) = 8") == 1.0
-    assert reward(ex, "Answer: $7 \\times 5 - 3 \\cdot 9$") == 0.0   # 9 is not offered
-    assert reward(ex, "Answer: 7 + 3 - 2") == 0.0                      # 2 not offered
-    assert reward(ex, "Answer: 5 + 3 + 0") == 0.0                      # 0 not offered
-    assert reward(ex, "Answer: 3 + 3 + 2") == 0.0                      # 3 used twice
-    assert reward(ex, "Answer: 7 - 5 + 3 * 2") == 0.0                  # 2 not offered (value 8)
-    assert reward(ex, "Answer: 5 * 3 - 7") == 1.0                      # 15 - 7 = 8
-    assert reward(ex, "Answer: 8") == 0.0                              # 8 is not offered
+    assert reward(ex, "Answer: $7 \\times 5 - 3 \\cdot 9$") == 0.0  # 9 is not offered
+    assert reward(ex, "Answer: 7 + 3 - 2") == 0.0  # 2 not offered
+    assert reward(ex, "Answer: 5 + 3 + 0") == 0.0  # 0 not offered
+    assert reward(ex, "Answer: 3 + 3 + 2") == 0.0  # 3 used twice
+    assert reward(ex, "Answer: 7 - 5 + 3 * 2") == 0.0  # 2 not offered (value 8)
+    assert reward(ex, "Answer: 5 * 3 - 7") == 1.0  # 15 - 7 = 8
+    assert reward(ex, "Answer: 8") == 0.0  # 8 is not offered
     assert reward(ex, "Answer: 2**3") == 0.0
-    assert reward(ex, "3 + 5") == 0.0                                  # untagged → fallback_credit 0
+    assert reward(ex, "3 + 5") == 0.0  # untagged → fallback_credit 0
     assert CountdownReward(fallback_credit=0.5)(ex, "work:\n3 + 5\n") == 0.5
     assert CountdownReward(format_bonus=0.1)(ex, "Answer: 3 + 7") == 0.1
     assert reward.extract_answer("Answer: 5 + 3") == reward.extract_answer("\\boxed{3+5}") == "3+5"
     assert CountdownReward(commutative=False).extract_answer("Answer: 5 + 3") == "5+3"
-    use_all = Example(id="u", prompt="", answer="8", meta={"numbers": [3, 5, 7], "target": 8, "use_all": True})
+    use_all = Example(
+        id="u", prompt="", answer="8", meta={"numbers": [3, 5, 7], "target": 8, "use_all": True}
+    )
     assert reward(use_all, "Answer: 3 + 5") == 0.0
-    assert reward(use_all, "Answer: 7 - 5 + 3") == 0.0                 # = 5
-    assert reward(use_all, "Answer: (7 + 5) - 3 - 1") == 0.0           # 1 not offered
+    assert reward(use_all, "Answer: 7 - 5 + 3") == 0.0  # = 5
+    assert reward(use_all, "Answer: (7 + 5) - 3 - 1") == 0.0  # 1 not offered
     assert reward(use_all, "Answer: 3 * 5 - 7") == 1.0
 
 
@@ -218,8 +253,14 @@ def test_arithmetic_word_problems():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"ops": "^"}, {"ops": ""}, {"min_value": 5, "max_value": 1}, {"num_operands": 1},
-     {"word_problems": True, "num_operands": 3}, {"num_train": -1}],
+    [
+        {"ops": "^"},
+        {"ops": ""},
+        {"min_value": 5, "max_value": 1},
+        {"num_operands": 1},
+        {"word_problems": True, "num_operands": 3},
+        {"num_train": -1},
+    ],
 )
 def test_arithmetic_bad_args(kwargs):
     with pytest.raises(ValueError):
@@ -252,7 +293,9 @@ def test_numbers_with_property_task_has_enough_solutions():
     task = NumbersWithPropertyTask(num_train=40, num_val=4, min_solutions=3, seed=2)
     for ex in task.examples("train"):
         m = ex.meta
-        valid = [n for n in range(m["low"], m["high"] + 1) if has_property(n, m["property"], m.get("divisor"))]
+        valid = [
+            n for n in range(m["low"], m["high"] + 1) if has_property(n, m["property"], m.get("divisor"))
+        ]
         assert len(valid) == m["num_solutions"] >= 3
         assert all(task.reward(ex, f"Answer: {n}") == 1.0 for n in valid)
         assert task.reward(ex, f"Answer: {m['high'] + 1}") == 0.0
@@ -283,7 +326,7 @@ def test_jsonl_reads_fields_and_splits(tmp_path):
     ("line", "message"),
     [
         ('{"prompt": "hi", "answer": 1', "bad.jsonl:2: malformed JSON"),
-        ('[1, 2]', "bad.jsonl:2: expected a JSON object"),
+        ("[1, 2]", "bad.jsonl:2: expected a JSON object"),
         ('{"answer": 1}', "bad.jsonl:2: missing field 'prompt'"),
         ('{"prompt": "hi"}', "bad.jsonl:2: missing field 'answer'"),
         ('{"prompt": 5, "answer": 1}', "bad.jsonl:2: field 'prompt' must be a string"),
@@ -304,10 +347,15 @@ def test_jsonl_skip_empty_prompts_is_counted(tmp_path):
 
 
 def test_jsonl_id_field_and_duplicates(tmp_path):
-    path = _write(tmp_path / "i.jsonl", ['{"id": "a", "prompt": "x", "answer": 1}', '{"prompt": "y", "answer": 2}'])
+    path = _write(
+        tmp_path / "i.jsonl", ['{"id": "a", "prompt": "x", "answer": 1}', '{"prompt": "y", "answer": 2}']
+    )
     with pytest.raises(ValueError, match="i.jsonl:2: missing field 'id'"):
         JSONLTask(str(path), id_field="id").examples("train")
-    path = _write(tmp_path / "j.jsonl", ['{"id": "a", "prompt": "x", "answer": 1}', '{"id": "a", "prompt": "y", "answer": 2}'])
+    path = _write(
+        tmp_path / "j.jsonl",
+        ['{"id": "a", "prompt": "x", "answer": 1}', '{"id": "a", "prompt": "y", "answer": 2}'],
+    )
     with pytest.raises(ValueError, match="j.jsonl:2: duplicate id 'a'"):
         JSONLTask(str(path), id_field="id").examples("train")
 

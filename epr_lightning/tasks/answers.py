@@ -100,11 +100,11 @@ def _last_boxed(text: str) -> str | None:
 def _after_last_tag(text: str) -> str | None:
     """The rest of the line after the last ``Answer:`` tag (markdown ``*`` stripped), or None."""
     last = None
-    for last in _TAG_RE.finditer(text):
-        pass
+    for match in _TAG_RE.finditer(text):
+        last = match
     if last is None:
         return None
-    rest = text[last.end():].lstrip()
+    rest = text[last.end() :].lstrip()
     line = rest.split("\n", 1)[0]
     return line.strip().strip("*").strip()
 
@@ -300,10 +300,14 @@ def numbers_in(node: Node) -> list[int]:
     return numbers_in(node[2]) + numbers_in(node[3])
 
 
-def _flatten(node: Node, op: str) -> list[Node]:
-    if node[0] == "bin" and node[1] == op:
-        return _flatten(node[2], op) + _flatten(node[3], op)
-    return [node]
+def _signed_terms(node: Node, op_pos: str, op_neg: str, positive: bool = True) -> list[tuple[bool, Node]]:
+    """Flatten a chain of ``op_pos``/``op_neg`` (``+``/``-`` or ``*``/``/``) into (positive?, operand) pairs."""
+    if node[0] == "bin" and node[1] in (op_pos, op_neg):
+        right_sign = positive if node[1] == op_pos else not positive
+        return _signed_terms(node[2], op_pos, op_neg, positive) + _signed_terms(
+            node[3], op_pos, op_neg, right_sign
+        )
+    return [(positive, node)]
 
 
 def _prec(node: Node) -> int:
@@ -311,10 +315,12 @@ def _prec(node: Node) -> int:
 
 
 def canonical_expression(node: Node, commutative: bool = True) -> str:
-    """Whitespace-free string of an expression with minimal parentheses.
+    """Whitespace-free string of an expression with minimal parentheses; it has the same exact value.
 
-    With ``commutative``, chains of ``+`` (and of ``*``) are flattened and their operands sorted, so
-    ``"7 + (5+3)"`` and ``"3+5+7"`` both print ``"3+5+7"``. The printed string has the same value.
+    With ``commutative``, each ``+``/``-`` chain is rewritten as sorted added terms followed by sorted
+    subtracted terms (``a-(b-c)`` → ``a+c-b``), and each ``*``/``/`` chain as sorted factors followed by
+    sorted divisors (``a/(b/c)`` → ``a*c/b``), so ``"7 + (5+3)"`` and ``"3+5+7"`` both print ``"3+5+7"``.
+    The result is a fixed point: canonicalising it again gives the same string.
     """
     kind = node[0]
     if kind == "num":
@@ -323,17 +329,22 @@ def canonical_expression(node: Node, commutative: bool = True) -> str:
         inner = canonical_expression(node[1], commutative)
         return f"-({inner})" if node[1][0] == "bin" else f"-{inner}"
     op, left, right = node[1], node[2], node[3]
-    if commutative and op in ("+", "*"):
-        parts = []
-        for child in _flatten(node, op):
+    if commutative:
+        level = _PREC[op]
+        pos_op, neg_op = ("+", "-") if level == 1 else ("*", "/")
+        pos, neg = [], []
+        for positive, child in _signed_terms(node, pos_op, neg_op):
             s = canonical_expression(child, commutative)
-            parts.append(f"({s})" if _prec(child) < _PREC[op] else s)
-        return op.join(sorted(parts))
+            if _prec(child) <= level:  # only possible for a sum inside a product
+                s = f"({s})"
+            (pos if positive else neg).append(s)
+        # the chain's leftmost operand is always positive, so ``pos`` is never empty
+        return pos_op.join(sorted(pos)) + "".join(neg_op + s for s in sorted(neg))
     ls = canonical_expression(left, commutative)
     rs = canonical_expression(right, commutative)
     if _prec(left) < _PREC[op]:
         ls = f"({ls})"
-    if _prec(right) < _PREC[op] or (op in "-/" and _prec(right) == _PREC[op]) or (op == "/" and _prec(right) < 3):
+    if _prec(right) < _PREC[op] or (op in "-/" and _prec(right) == _PREC[op]):
         rs = f"({rs})"
     return f"{ls}{op}{rs}"
 

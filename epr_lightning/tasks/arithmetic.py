@@ -26,7 +26,7 @@ def _word_problem(rng: random.Random, a: int, op: str, b: int) -> str:
 
 
 class ArithmeticTask(Task):
-    """"What is 7 + 5?"-style problems; the reference answer is the exact integer value.
+    """Problems like "What is 7 + 5?"; the reference answer is the exact integer value.
 
     Problems are drawn from ``random.Random`` seeded by ``(seed, split)``: the same arguments give the same
     examples on every machine. An expression is redrawn until its value is an integer (division is exact)
@@ -88,7 +88,7 @@ class ArithmeticTask(Task):
         for _ in range(10_000):
             nums = [rng.randint(self.min_value, self.max_value) for _ in range(self.num_operands)]
             ops = [rng.choice(self.ops) for _ in range(self.num_operands - 1)]
-            expr = str(nums[0]) + "".join(f" {op} {n}" for op, n in zip(ops, nums[1:]))
+            expr = str(nums[0]) + "".join(f" {op} {n}" for op, n in zip(ops, nums[1:], strict=True))
             try:
                 value = safe_eval(expr)
             except ExpressionError:
@@ -98,8 +98,10 @@ class ArithmeticTask(Task):
             if self.word_problems and ops[0] == "/" and nums[1] < 2:
                 continue  # "shares among 1 friends"
             return expr, int(value), nums, ops
-        raise ValueError(f"could not draw an integer-valued problem from ops={self.ops!r} "
-                         f"and values in [{self.min_value}, {self.max_value}]")
+        raise ValueError(
+            f"could not draw an integer-valued problem from ops={self.ops!r} "
+            f"and values in [{self.min_value}, {self.max_value}]"
+        )
 
     def _make(self, rng: random.Random, split: str, index: int) -> Example:
         expr, value, nums, ops = self._draw(rng)

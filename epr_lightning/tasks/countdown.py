@@ -28,8 +28,19 @@ from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 
 #: no unary minus: every literal in the answer must be one of the given numbers.
 COUNTDOWN_LIMITS = ExpressionLimits(max_len=256, max_depth=16, max_digits=6, allow_unary_minus=False)
-_LATEX = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("\\left", ""), ("\\right", ""),
-          ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""), ("$", ""), ("`", "")]
+_LATEX = [
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("\\div", "/"),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("\\(", ""),
+    ("\\)", ""),
+    ("\\[", ""),
+    ("\\]", ""),
+    ("$", ""),
+    ("`", ""),
+]
 _OPERATOR_RE = re.compile(r"[-+*/]")
 
 
@@ -91,7 +102,9 @@ class CountdownReward(RewardFunction):
         commutative: canonicalise ``extract_answer`` up to reordering of ``+`` and ``*`` chains.
     """
 
-    def __init__(self, format_bonus: float = 0.0, fallback_credit: float = 0.0, commutative: bool = True) -> None:
+    def __init__(
+        self, format_bonus: float = 0.0, fallback_credit: float = 0.0, commutative: bool = True
+    ) -> None:
         if not 0.0 <= format_bonus < 1.0:
             raise ValueError(f"format_bonus must be in [0, 1), got {format_bonus}")
         if not 0.0 <= fallback_credit <= 1.0:
@@ -102,7 +115,9 @@ class CountdownReward(RewardFunction):
         try:
             numbers, target = [int(n) for n in example.meta["numbers"]], int(example.meta["target"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"example {example.id!r}: meta needs int list 'numbers' and int 'target'") from err
+            raise ValueError(
+                f"example {example.id!r}: meta needs int list 'numbers' and int 'target'"
+            ) from err
         node, source = extract_expression(completion)
         if node is None:
             return 0.0
@@ -110,7 +125,9 @@ class CountdownReward(RewardFunction):
             value = evaluate(node, COUNTDOWN_LIMITS)
         except ExpressionError:
             value = None
-        ok = value == target and _uses_allowed_numbers(numbers_in(node), numbers, example.meta.get("use_all", False))
+        ok = value == target and _uses_allowed_numbers(
+            numbers_in(node), numbers, example.meta.get("use_all", False)
+        )
         if source == "fallback":
             return self.fallback_credit if ok else 0.0
         return 1.0 if ok else self.format_bonus
@@ -142,7 +159,7 @@ def _positive_integer_steps(node: Node) -> Fraction | None:
 
 
 class CountdownTask(Task):
-    """"Using the numbers 3, 5, 7 (each at most once) and + - * /, write an expression equal to 8."
+    """Prompts like "Using the numbers 3, 5, 7 (each at most once) and + - * /, write an expression equal to 8".
 
     Each instance draws ``num_numbers`` numbers, builds a random expression over a random subset of at least
     two of them (all of them with ``use_all``) whose intermediate results are positive integers, and uses
@@ -210,10 +227,16 @@ class CountdownTask(Task):
                 continue
             target = int(value)
             rule = "each exactly once" if self.use_all else "each at most once"
-            prompt = (f"Using the numbers {', '.join(map(str, numbers))} ({rule}) and + - * /, write an "
-                      f"expression equal to {target}. Put the final expression after 'Answer:'.")
-            meta = {"numbers": numbers, "target": target, "use_all": self.use_all,
-                    "witness": canonical_expression(tree, commutative=False)}
+            prompt = (
+                f"Using the numbers {', '.join(map(str, numbers))} ({rule}) and + - * /, write an "
+                f"expression equal to {target}. Put the final expression after 'Answer:'."
+            )
+            meta = {
+                "numbers": numbers,
+                "target": target,
+                "use_all": self.use_all,
+                "witness": canonical_expression(tree, commutative=False),
+            }
             return Example(id=f"countdown-{split}-{index}", prompt=prompt, answer=str(target), meta=meta)
         raise ValueError("could not generate a Countdown instance; widen the number or target range")
 

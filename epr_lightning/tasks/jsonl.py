@@ -44,12 +44,16 @@ def read_jsonl_examples(
                 raise ValueError(f"{where}: missing field {prompt_field!r} (the prompt_field)")
             prompt = record[prompt_field]
             if not isinstance(prompt, str):
-                raise ValueError(f"{where}: field {prompt_field!r} must be a string, got {type(prompt).__name__}")
+                raise ValueError(
+                    f"{where}: field {prompt_field!r} must be a string, got {type(prompt).__name__}"
+                )
             if not prompt.strip():
                 if on_empty_prompt == "skip":
                     skipped += 1
                     continue
-                raise ValueError(f"{where}: field {prompt_field!r} is empty (set on_empty_prompt='skip' to skip)")
+                raise ValueError(
+                    f"{where}: field {prompt_field!r} is empty (set on_empty_prompt='skip' to skip)"
+                )
             answer = None
             if answer_field is not None:
                 if answer_field not in record or record[answer_field] is None:
@@ -132,7 +136,7 @@ class JSONLTask(Task):
                 val = self._read(self.val_path)
             else:
                 n_val = round(self.val_fraction * len(train))
-                train, val = train[: len(train) - n_val], train[len(train) - n_val:]
+                train, val = train[: len(train) - n_val], train[len(train) - n_val :]
             if not train:
                 raise ValueError(f"{self.path}: no training examples")
             self._splits = {"train": train, "val": val}

@@ -1,4 +1,4 @@
-""""Give a number between 1 and 50 divisible by 7": the simplest task with many correct answers.
+"""Prompts like "Give a number between 1 and 50 divisible by 7": the simplest task with many correct answers.
 
 A uniform policy over the valid numbers is the maximum-entropy solution, so the number of distinct correct
 answers per prompt directly shows whether a method keeps exploring or collapses onto one answer.
@@ -110,7 +110,9 @@ class NumbersWithPropertyTask(Task):
         if not props or any(p not in PROPERTIES for p in props):
             raise ValueError(f"properties must be a non-empty subset of {PROPERTIES}, got {props}")
         if not 1 <= min_width <= max_width <= max_high:
-            raise ValueError(f"need 1 ≤ min_width ≤ max_width ≤ max_high, got {min_width}, {max_width}, {max_high}")
+            raise ValueError(
+                f"need 1 ≤ min_width ≤ max_width ≤ max_high, got {min_width}, {max_width}, {max_high}"
+            )
         if max_divisor < 2:
             raise ValueError(f"max_divisor must be ≥ 2, got {max_divisor}")
         if num_train < 0 or num_val < 0 or min_solutions < 1:
@@ -133,15 +135,22 @@ class NumbersWithPropertyTask(Task):
             count = sum(has_property(n, prop, divisor) for n in range(low, high + 1))
             if count < self.min_solutions:
                 continue
-            phrase = {"divisible": f"is divisible by {divisor}", "prime": "is a prime number",
-                      "square": "is a perfect square"}[prop]
-            prompt = (f"Give a number between {low} and {high} (inclusive) that {phrase}. "
-                      "Put the final answer after 'Answer:'.")
+            phrase = {
+                "divisible": f"is divisible by {divisor}",
+                "prime": "is a prime number",
+                "square": "is a perfect square",
+            }[prop]
+            prompt = (
+                f"Give a number between {low} and {high} (inclusive) that {phrase}. "
+                "Put the final answer after 'Answer:'."
+            )
             meta = {"low": low, "high": high, "property": prop, "num_solutions": count}
             if divisor is not None:
                 meta["divisor"] = divisor
             return Example(id=f"numprop-{split}-{index}", prompt=prompt, answer=None, meta=meta)
-        raise ValueError("could not draw a range with enough solutions; widen the ranges or lower min_solutions")
+        raise ValueError(
+            "could not draw a range with enough solutions; widen the ranges or lower min_solutions"
+        )
 
     def examples(self, split: Split) -> list[Example]:
         if split not in ("train", "val"):

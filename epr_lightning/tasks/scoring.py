@@ -67,7 +67,9 @@ class _Batch:
         self.started: dict[int, float] = {}  # index → monotonic start time, while running
         self.results: list[tuple[float, str | None] | None] = [None] * n
 
-    def worker(self, reward_fn: RewardFunction, examples: Sequence[Example], completions: Sequence[str]) -> None:
+    def worker(
+        self, reward_fn: RewardFunction, examples: Sequence[Example], completions: Sequence[str]
+    ) -> None:
         while True:
             with self.cond:
                 if self.next_index >= self.n:
@@ -104,7 +106,7 @@ def score_completions(
         raise ValueError(f"got {len(examples)} examples but {len(completions)} completions")
     n = len(completions)
     if timeout_s is None:
-        outcomes = [_score_one(reward_fn, e, c) for e, c in zip(examples, completions)]
+        outcomes = [_score_one(reward_fn, e, c) for e, c in zip(examples, completions, strict=True)]
         return _collect(outcomes)
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
@@ -113,8 +115,9 @@ def score_completions(
     batch = _Batch(n)
 
     def spawn() -> None:
-        threading.Thread(target=batch.worker, args=(reward_fn, examples, completions), daemon=True,
-                         name="reward-worker").start()
+        threading.Thread(
+            target=batch.worker, args=(reward_fn, examples, completions), daemon=True, name="reward-worker"
+        ).start()
 
     for _ in range(min(max_workers, n)):
         spawn()
