@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("١٢", "12"),
         ("−3", "-3"),
         ("twelve", None),
-        ("1 2", "12"),
+        ("1 2", None),
         ("", None),
         (None, None),
         ("1.2.3", None),
@@ -71,6 +71,7 @@ def test_canonical_number(text, expected):
         ("answer: 12.0\nDone.", "12", "tagged"),
         ("Answer: **1,234**", "1234", "tagged"),
         ("Answer: 12 apples", "12", "tagged"),
+        ("Answer: 3 4", "3", "tagged"),  # two numbers: the first one after the tag
         ("Answer: 3\nwait, Answer: 4", "4", "tagged"),  # the last tag wins
         ("so \\boxed{42} and Answer: 7", "42", "boxed"),  # boxed beats the tag
         ("\\boxed{\\frac{1}{2}} hmm 5", "1", "boxed"),  # first number inside a non-number box

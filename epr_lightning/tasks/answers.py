@@ -55,7 +55,7 @@ def canonical_number(text: str | None) -> str | None:
     if text is None:
         return None
     s = normalise_text(text).strip().strip("$").strip()
-    s = s.rstrip(".").replace(",", "").replace(" ", "")
+    s = s.rstrip(".").replace(",", "")  # inner spaces are not removed: "3 4" is two numbers
     if not s or len(s) > MAX_NUMBER_CHARS:
         return None
     m = _CANON_NUMBER_RE.fullmatch(s)
