@@ -44,7 +44,9 @@ def log_scalars(
     for name, value in values.items():
         if value is None or not math.isfinite(float(value)) or logged_by_module(trainer, record, name):
             continue
-        pl_module.log(name, torch.tensor(float(value)), on_step=True, on_epoch=False, prog_bar=name in prog_bar)
+        pl_module.log(
+            name, torch.tensor(float(value)), on_step=True, on_epoch=False, prog_bar=name in prog_bar
+        )
 
 
 def tensorboard_writer(trainer: pl.Trainer) -> Any | None:

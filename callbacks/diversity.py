@@ -93,12 +93,16 @@ def load_sentence_encoder(name: str) -> Encoder | None:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        rank_zero_info(f"DiversityMonitor: sentence_transformers is not installed; skipping embedding diversity ({name}).")
+        rank_zero_info(
+            f"DiversityMonitor: sentence_transformers is not installed; skipping embedding diversity ({name})."
+        )
         return None
     try:
         model = SentenceTransformer(name, local_files_only=True, device="cpu")
     except Exception as err:  # noqa: BLE001 - any load failure means: skip this optional metric
-        rank_zero_info(f"DiversityMonitor: embedding model {name!r} is not available locally ({err}); skipping.")
+        rank_zero_info(
+            f"DiversityMonitor: embedding model {name!r} is not available locally ({err}); skipping."
+        )
         return None
     return lambda texts: torch.as_tensor(model.encode(texts, convert_to_numpy=True))
 

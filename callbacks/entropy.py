@@ -44,7 +44,7 @@ def completion_positions(loss_mask: Tensor) -> Tensor:
 def bucket_names(position_buckets: Sequence[int]) -> list[str]:
     """``(0, 16, 64)`` → ``["pos_0_16", "pos_16_64", "pos_64_inf"]``."""
     edges = list(position_buckets) + [None]
-    return [f"pos_{a}_{'inf' if b is None else b}" for a, b in zip(edges[:-1], edges[1:])]
+    return [f"pos_{a}_{'inf' if b is None else b}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def entropy_sums(
@@ -64,7 +64,7 @@ def entropy_sums(
     fork = float((h > forking_threshold).sum()) if forking_threshold is not None else 0.0
     edges = list(position_buckets) + [None]
     b_sum, b_cnt = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         sel = (pos >= a) & (pos < b) if b is not None else pos >= a
         b_sum.append(float(h[sel].sum()))
         b_cnt.append(float(sel.sum()))
@@ -99,7 +99,7 @@ def token_quantiles(values: Tensor, quantiles: Sequence[float]) -> dict[str, flo
     if values.numel() == 0 or not quantiles:
         return {}
     qs = quantile(values, quantiles)
-    return {f"entropy_q{round(q * 100)}": float(x) for q, x in zip(quantiles, qs)}
+    return {f"entropy_q{round(q * 100)}": float(x) for q, x in zip(quantiles, qs, strict=True)}
 
 
 def entropy_summary(
@@ -113,7 +113,9 @@ def entropy_summary(
     Keys: ``entropy``, ``entropy_mc``, ``entropy_qXX``, ``entropy_pos_A_B`` and, when a threshold is given,
     ``forking_token_frac``.
     """
-    sums = entropy_sums(record.entropy, record.old_logp, record.loss_mask, position_buckets, forking_threshold)
+    sums = entropy_sums(
+        record.entropy, record.old_logp, record.loss_mask, position_buckets, forking_threshold
+    )
     out = summarize_sums(sums, position_buckets)
     if forking_threshold is None:
         out.pop("forking_token_frac", None)
@@ -144,7 +146,11 @@ class EntropyTracker(pl.Callback):
     ) -> None:
         if histogram_every_n < 0:
             raise ValueError(f"EntropyTracker.histogram_every_n must be >= 0, got {histogram_every_n}")
-        if not position_buckets or position_buckets[0] != 0 or list(position_buckets) != sorted(set(position_buckets)):
+        if (
+            not position_buckets
+            or position_buckets[0] != 0
+            or list(position_buckets) != sorted(set(position_buckets))
+        ):
             raise ValueError(
                 f"EntropyTracker.position_buckets must start at 0 and strictly increase, got {position_buckets}"
             )
@@ -182,7 +188,9 @@ class EntropyTracker(pl.Callback):
         if self.forking_threshold is None:
             local = float(quantile(token_h, [self.forking_quantile])[0]) if token_h.numel() else 0.0
             world = max(trainer.world_size, 1)
-            self.forking_threshold = float(all_reduce(torch.tensor([local]), "sum", pl_module.device)[0]) / world
+            self.forking_threshold = (
+                float(all_reduce(torch.tensor([local]), "sum", pl_module.device)[0]) / world
+            )
         sums = entropy_sums(
             record.entropy, record.old_logp, record.loss_mask, self.position_buckets, self.forking_threshold
         )

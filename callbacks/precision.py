@@ -110,7 +110,9 @@ class PrecisionAudit(pl.Callback):
         record = get_record(outputs)
         if record is None or record.iteration % self.every_n:
             return
-        values = self.audit(record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device)
+        values = self.audit(
+            record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device
+        )
         log_scalars(pl_module, record, values)
 
     def audit(
@@ -121,8 +123,16 @@ class PrecisionAudit(pl.Callback):
         zero = torch.tensor(0.0, dtype=torch.float64)
         inf = torch.tensor(float("inf"), dtype=torch.float64)
         # every rank joins the collectives, even with no tokens of its own
-        sums = all_reduce(torch.stack([s.get("absdiff_sum", zero), s.get("k3_sum", zero), s.get("count", zero)]), "sum", device)
-        maxes = all_reduce(torch.stack([s.get("absdiff_max", -inf), s.get("ratio_max", -inf), -s.get("ratio_min", inf)]), "max", device)
+        sums = all_reduce(
+            torch.stack([s.get("absdiff_sum", zero), s.get("k3_sum", zero), s.get("count", zero)]),
+            "sum",
+            device,
+        )
+        maxes = all_reduce(
+            torch.stack([s.get("absdiff_max", -inf), s.get("ratio_max", -inf), -s.get("ratio_min", inf)]),
+            "max",
+            device,
+        )
         if sums[2] == 0:
             return {}
         out = {

@@ -14,7 +14,6 @@ Text is split on whitespace (``str.split()``), the same tokenisation torchmetric
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -101,7 +100,7 @@ def distinct_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> 
     """
     if len(answers) != len(correct):
         raise ValueError(f"distinct_correct: {len(answers)} answers but {len(correct)} correct flags")
-    return len({a.strip() for a, ok in zip(answers, correct) if ok and a is not None})
+    return len({a.strip() for a, ok in zip(answers, correct, strict=True) if ok and a is not None})
 
 
 def unique_ratio(texts: Sequence[str]) -> float | None:
@@ -120,7 +119,7 @@ def group_by(values: Sequence[T], group_index: Tensor | Sequence[int]) -> list[l
     if len(idx) != len(values):
         raise ValueError(f"group_index has {len(idx)} entries but there are {len(values)} samples")
     groups: dict[int, list[T]] = {}
-    for g, v in zip(idx, values):
+    for g, v in zip(idx, values, strict=True):
         groups.setdefault(int(g), []).append(v)
     return list(groups.values())
 
@@ -221,7 +220,7 @@ class DistinctCorrectAnswers(_GroupMeanMetric):
         group_index: Tensor | Sequence[int],
     ) -> None:
         flags = [bool(c) for c in (correct.tolist() if isinstance(correct, Tensor) else correct)]
-        pairs = group_by(list(zip(answers, flags)), group_index)
+        pairs = group_by(list(zip(answers, flags, strict=True)), group_index)
         self._add([distinct_correct([a for a, _ in g], [c for _, c in g]) for g in pairs])
 
 

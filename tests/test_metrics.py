@@ -48,7 +48,9 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
     return sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
 
 
-@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in (1, 4, 7) for c in range(n + 1) for k in range(1, n + 1)])
+@pytest.mark.parametrize(
+    "n,c,k", [(n, c, k) for n in (1, 4, 7) for c in range(n + 1) for k in range(1, n + 1)]
+)
 def test_pass_at_k_matches_combinatorial_count(n, c, k):
     assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
 
@@ -86,10 +88,13 @@ def test_self_bleu_identical_is_one_and_disjoint_is_zero():
 
 def test_self_bleu_equals_mean_of_torchmetrics_bleu():
     texts = ["the cat is on the mat", "a cat is on the mat", "there is a cat on the mat"]
-    expected = sum(
-        float(bleu_score([texts[i]], [[t for j, t in enumerate(texts) if j != i]], n_gram=2, smooth=True))
-        for i in range(3)
-    ) / 3
+    expected = (
+        sum(
+            float(bleu_score([texts[i]], [[t for j, t in enumerate(texts) if j != i]], n_gram=2, smooth=True))
+            for i in range(3)
+        )
+        / 3
+    )
     assert 0.0 < expected < 1.0
     assert self_bleu(texts, n_gram=2) == pytest.approx(expected)
     m = SelfBLEU(n_gram=2)

@@ -21,10 +21,18 @@ from epr_lightning.metrics import (
 # 4 prompt groups of G = 3; ranks 0/1 take groups {0, 1} / {2, 3}. Group sizes and contents differ so an
 # average of per-rank means would not equal the global mean for every metric.
 COMPLETIONS = [
-    "the answer is 4", "the answer is 4", "so it is 5",
-    "x y z", "x y w", "q",
-    "a b c d", "a b c d", "a b c d",
-    "one two", "three four", "five six",
+    "the answer is 4",
+    "the answer is 4",
+    "so it is 5",
+    "x y z",
+    "x y w",
+    "q",
+    "a b c d",
+    "a b c d",
+    "a b c d",
+    "one two",
+    "three four",
+    "five six",
 ]
 ANSWERS = ["4", "4", "5", "1", None, "2", "7", "7", "8", "9", "9", "3"]
 CORRECT = [True, True, True, False, False, True, True, True, True, False, False, False]

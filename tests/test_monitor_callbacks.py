@@ -8,13 +8,17 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-
 from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
-from epr_lightning.callbacks.diversity import diversity_metrics, load_sentence_encoder, mean_pairwise_cosine_distance
+from epr_lightning.callbacks.diversity import (
+    diversity_metrics,
+    load_sentence_encoder,
+    mean_pairwise_cosine_distance,
+)
 from epr_lightning.callbacks.entropy import completion_positions, entropy_summary
 from epr_lightning.callbacks.precision import bf16_rounding_effect, sample_tokens
 from epr_lightning.callbacks.samples import format_samples
+from lightning.pytorch.loggers import TensorBoardLogger
+
 from epr_lightning.record import StepRecord
 
 # Completion-token entropies per row (prompt = first 2 positions, then completion, then padding).
@@ -223,7 +227,9 @@ def test_diversity_monitor_logs_and_every_n():
     sparse = DiversityMonitor(ngrams=(1,), pass_k=(1,), self_bleu=False, every_n=2)
     _, steps = fit([make_record(0), make_record(1), make_record(2, completions=["a"] * 4)], [sparse])
     assert "diversity/self_bleu" not in steps[0] and "rollout/pass@2" not in steps[0]
-    assert steps[1]["diversity/distinct_1"] == pytest.approx(steps[0]["diversity/distinct_1"])  # not recomputed
+    assert steps[1]["diversity/distinct_1"] == pytest.approx(
+        steps[0]["diversity/distinct_1"]
+    )  # not recomputed
     assert steps[2]["diversity/distinct_1"] == pytest.approx(0.5)
 
 
@@ -233,7 +239,12 @@ def test_embedding_distance_with_injected_encoder_and_clean_skip():
     assert mean_pairwise_cosine_distance(torch.tensor([[1.0, 0], [2.0, 0], [0, 3.0]])) == pytest.approx(2 / 3)
     assert mean_pairwise_cosine_distance(torch.ones(1, 3)) is None
 
-    vecs = {"the answer is 4": [1.0, 0.0], "the answer is 5": [0.0, 1.0], "it is 7": [1.0, 1.0], "7": [1.0, 1.0]}
+    vecs = {
+        "the answer is 4": [1.0, 0.0],
+        "the answer is 5": [0.0, 1.0],
+        "it is 7": [1.0, 1.0],
+        "7": [1.0, 1.0],
+    }
     monitor = DiversityMonitor(ngrams=(1,), embedding_model="fake-local-model")
     monitor.encoder = lambda texts: torch.tensor([vecs[t] for t in texts])
     _, steps = fit([make_record(0)], [monitor])
@@ -320,7 +331,11 @@ def test_format_samples_and_sample_logger(tmp_path):
     assert "reward 1 ✅ — answer: `4`" in text and "reward 0 ❌ — answer: `5`" in text
 
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    fit([make_record(0), make_record(1), make_record(2)], [SampleLogger(every_n=2, num_prompts=2)], logger=logger)
+    fit(
+        [make_record(0), make_record(1), make_record(2)],
+        [SampleLogger(every_n=2, num_prompts=2)],
+        logger=logger,
+    )
     acc = read_events(logger.log_dir)
     tags = [t for t in acc.Tags()["tensors"] if t.startswith("samples")]
     assert tags, acc.Tags()
