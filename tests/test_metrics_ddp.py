@@ -1,9 +1,11 @@
-"""The group metrics sync across 2 gloo ranks: each rank sees half the groups, compute() equals one pass."""
+"""Cross-rank behaviour on 2 gloo CPU ranks: the group metrics sync (each rank sees half the groups and
+compute() equals one pass), and the monitoring callbacks log global values under ``ddp_spawn``."""
 
 from __future__ import annotations
 
 import socket
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -102,3 +104,63 @@ def test_two_rank_sync_equals_single_process():
             assert results[rank][k] == pytest.approx(v), (rank, k)
         assert results[rank]["reduced_max"] == [1.0, 0.0]
         assert results[rank]["reduced_sum"] == [3.0]
+
+
+class _RankRecords(pl.LightningModule):
+    """Rank r trains on record r (DistributedSampler splits the 2-item dataset), one step each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        from test_monitor_callbacks import make_record
+
+        index = int(batch[0])
+        rec = make_record(0, scale=1.0 if index == 0 else 0.4)
+        if index == 1:
+            rec.completions = ["a a", "a a", "b", "c"]
+            rec.sampler_logp[0, 2] = -0.7  # |d| = 0.2 on one of rank 1's 10 tokens
+        return {"record": rec}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([0, 1], batch_size=1)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+def test_monitor_callbacks_reduce_across_two_ddp_ranks(tmp_path):
+    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit
+    from epr_lightning.callbacks.diversity import diversity_metrics
+    from test_monitor_callbacks import make_record
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[EntropyTracker(position_buckets=(0, 2)), DiversityMonitor(ngrams=(1,)), PrecisionAudit()],
+    )
+    trainer.fit(_RankRecords())
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # entropy: rank 0 has 10 tokens summing 18.5, rank 1 the same x0.4 = 7.4 -> (18.5 + 7.4) / 20
+    assert m["policy/entropy"] == pytest.approx(25.9 / 20)
+    # distinct_1: group means of both ranks' 4 groups together (not rank 0's alone)
+    r0 = diversity_metrics(make_record(0), ngrams=(1,))["diversity/distinct_1"]
+    r1 = diversity_metrics(make_record(0, completions=["a a", "a a", "b", "c"]), ngrams=(1,))[
+        "diversity/distinct_1"
+    ]
+    assert r0 != pytest.approx(r1)
+    assert m["diversity/distinct_1"] == pytest.approx((r0 + r1) / 2)
+    # precision: 20 tokens, one with |d| = 0.2 on rank 1 -> mean 0.01, max 0.2 seen from rank 0
+    assert m["precision/logp_absdiff_mean"] == pytest.approx(0.01, rel=1e-5)
+    assert m["precision/logp_absdiff_max"] == pytest.approx(0.2, rel=1e-5)
