@@ -15,8 +15,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from epr_lightning.lora import LoRAConfig, apply_lora
 from epr_lightning.models import PackagedSmolLM2, PolicySource, encode_prompts
 from epr_lightning.objectives.objective import Objective
+from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.hf import HFEngine
@@ -51,6 +53,8 @@ class RLModule(pl.LightningModule):
         max_nonfinite_updates: consecutive non-finite losses/gradients tolerated before aborting.
         val_num_generations: samples per validation prompt (None = ``num_generations``).
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
+        lora: train LoRA adapters instead of all weights (None = full fine-tuning).
+        fsdp: FSDP2 settings, used when the Trainer's strategy is ``ModelParallelStrategy``.
     """
 
     def __init__(
@@ -74,6 +78,8 @@ class RLModule(pl.LightningModule):
         max_nonfinite_updates: int = 3,
         val_num_generations: int | None = None,
         gradient_checkpointing: bool = False,
+        lora: LoRAConfig | None = None,
+        fsdp: FSDP2Config | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -111,6 +117,8 @@ class RLModule(pl.LightningModule):
         self.max_nonfinite_updates = max_nonfinite_updates
         self.val_num_generations = val_num_generations or num_generations
         self.gradient_checkpointing = gradient_checkpointing
+        self.lora = lora
+        self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.iteration = 0  # completed rollout iterations (checkpointed)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
@@ -133,6 +141,11 @@ class RLModule(pl.LightningModule):
         self.policy, self.tokenizer = source.build()
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora)
+        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
+            shard_policy(self.policy, mesh, self.fsdp)
         if self.objective.needs_reference and not self._reference:
             reference, _ = source.build()
             self._reference = [reference.requires_grad_(False).eval()]
