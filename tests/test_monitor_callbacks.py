@@ -343,3 +343,31 @@ def test_format_samples_and_sample_logger(tmp_path):
     assert [e.step for e in events] == [0, 2]
     body = events[0].tensor_proto.string_val[0].decode()
     assert "What is 3+4?" in body and "it is 7" in body
+
+
+class LoggingToyModule(ToyModule):
+    """Logs its own policy/entropy (as the real module does), which the tracker must not overwrite."""
+
+    def training_step(self, batch, batch_idx):
+        self.log("policy/entropy", torch.tensor(123.0), on_step=True)
+        return super().training_step(batch, batch_idx)
+
+
+def test_tracker_does_not_overwrite_what_the_module_logged():
+    tracker = EntropyTracker(position_buckets=(0, 2))
+    recorder = MetricsRecorder()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[tracker, recorder],
+    )
+    trainer.fit(LoggingToyModule([make_record(0), make_record(1, 0.4)]))
+    assert [s["policy/entropy"] for s in recorder.steps] == [123.0, 123.0]
+    assert recorder.steps[1]["policy/entropy_cumulative"] == pytest.approx(2.59)  # still tracked internally
+    assert recorder.steps[1]["policy/entropy_mc"] == pytest.approx(
+        0.5
+    )  # not logged by the module: logged here
