@@ -20,7 +20,9 @@ def tok():  # noqa: ANN201
 
 @pytest.fixture
 def policy(tok) -> torch.nn.Module:  # noqa: ANN001
-    return tiny_causal_lm(len(tok), hidden_size=32, intermediate_size=64, num_layers=2, eos_token_id=tok.eos_token_id)
+    return tiny_causal_lm(
+        len(tok), hidden_size=32, intermediate_size=64, num_layers=2, eos_token_id=tok.eos_token_id
+    )
 
 
 @pytest.fixture
@@ -42,7 +44,9 @@ def prompts(tok) -> list[list[int]]:  # noqa: ANN001
     return [tok.encode("ab"), tok.encode("xyz1")]
 
 
-def ref_logprobs(model: torch.nn.Module, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+def ref_logprobs(
+    model: torch.nn.Module, prompt: list[int], completion: list[int], temperature: float
+) -> torch.Tensor:
     """The trainer's recomputation: log_softmax(logits / T) of each completion token in one forward pass."""
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
@@ -69,7 +73,12 @@ def test_generate_payload_is_sglang_batch_json(server, tok) -> None:  # noqa: AN
     sps = body["sampling_params"]
     assert len(sps) == 6
     for sp in sps:
-        assert sp["max_new_tokens"] == 5 and sp["temperature"] == 0.7 and sp["top_p"] == 1.0 and sp["top_k"] == -1
+        assert (
+            sp["max_new_tokens"] == 5
+            and sp["temperature"] == 0.7
+            and sp["top_p"] == 1.0
+            and sp["top_k"] == -1
+        )
         assert sp["stop_token_ids"] == [7, tok.eos_token_id]
     assert len({sp["sampling_seed"] for sp in sps}) == 6  # repeated prompts must not share a seed
 
@@ -82,8 +91,14 @@ def test_rollout_is_prompt_major_and_logprobs_match_a_forward_pass(server, tok, 
     assert ro.group_index == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert ro.prompt_ids[::2] == prompts(tok) * 3 and ro.prompt_ids[1::2] == prompts(tok) * 3
     assert {"stop", "length"} == set(ro.finish_reason)
-    for p, c, lp, why, text in zip(ro.prompt_ids, ro.completion_ids, ro.sampler_logprobs, ro.finish_reason,
-                                   ro.completion_text):
+    for p, c, lp, why, text in zip(
+        ro.prompt_ids,
+        ro.completion_ids,
+        ro.sampler_logprobs,
+        ro.finish_reason,
+        ro.completion_text,
+        strict=False,
+    ):
         assert len(c) == len(lp) > 0
         if why == "stop":
             assert c[-1] in stops + [tok.eos_token_id]  # the stop token is kept, with its log-prob
@@ -94,7 +109,10 @@ def test_rollout_is_prompt_major_and_logprobs_match_a_forward_pass(server, tok, 
 
 
 def test_prompts_are_spread_over_servers_in_order(policy, tok) -> None:  # noqa: ANN001
-    with FakeSGLangServer(model=policy, tokenizer=tok) as a, FakeSGLangServer(model=policy, tokenizer=tok) as b:
+    with (
+        FakeSGLangServer(model=policy, tokenizer=tok) as a,
+        FakeSGLangServer(model=policy, tokenizer=tok) as b,
+    ):
         engine = make_engine([a.url, b.url], tok)
         three = [tok.encode("a"), tok.encode("bb"), tok.encode("ccc")]
         ro = engine.generate(three, SamplingParams(max_new_tokens=3), num_samples=2)
@@ -104,19 +122,29 @@ def test_prompts_are_spread_over_servers_in_order(policy, tok) -> None:  # noqa:
 
 
 def test_disk_sync_pauses_flushes_and_changes_generations(server, tok, policy, tmp_path) -> None:  # noqa: ANN001
-    engine = make_engine([server.url], tok, weight_sync="disk", sync_dir=str(tmp_path / "sync"), dtype="float32")
+    engine = make_engine(
+        [server.url], tok, weight_sync="disk", sync_dir=str(tmp_path / "sync"), dtype="float32"
+    )
     params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=5)
     before = engine.generate(prompts(tok), params, num_samples=1)
     perturb(policy)
     server.requests.clear()
     engine.push_weights(policy)
-    assert server.paths() == ["/pause_generation", "/flush_cache", "/update_weights_from_disk", "/continue_generation"]
+    assert server.paths() == [
+        "/pause_generation",
+        "/flush_cache",
+        "/update_weights_from_disk",
+        "/continue_generation",
+    ]
     assert server.requests[0][2] == {"mode": "retract"}
-    assert server.requests[2][2] == {"model_path": str(tmp_path / "sync" / "weights_v1"), "weight_version": "1"}
+    assert server.requests[2][2] == {
+        "model_path": str(tmp_path / "sync" / "weights_v1"),
+        "weight_version": "1",
+    }
     after = engine.generate(prompts(tok), params, num_samples=1)
     assert after.weight_version == 1 and before.weight_version == 0
     assert after.completion_ids != before.completion_ids or after.sampler_logprobs != before.sampler_logprobs
-    for p, c, lp in zip(after.prompt_ids, after.completion_ids, after.sampler_logprobs):
+    for p, c, lp in zip(after.prompt_ids, after.completion_ids, after.sampler_logprobs, strict=True):
         torch.testing.assert_close(torch.tensor(lp), ref_logprobs(policy, p, c, 1.0), atol=1e-5, rtol=0)
     engine.push_weights(policy)  # the previous folder is replaced, not accumulated
     assert sorted(d.name for d in (tmp_path / "sync").iterdir()) == ["weights_v2"]
@@ -138,8 +166,9 @@ class RecordingBroadcaster:
 
 
 def test_distributed_sync_call_order_payloads_and_weights(server, tok, policy) -> None:  # noqa: ANN001
-    engine = make_engine([server.url], tok, weight_sync="distributed", weight_bucket_mb=0.01,
-                         nccl_master_port=29611)
+    engine = make_engine(
+        [server.url], tok, weight_sync="distributed", weight_bucket_mb=0.01, nccl_master_port=29611
+    )
     engine.broadcaster = bc = RecordingBroadcaster([server])
     perturb(policy)
     server.requests.clear()
@@ -147,12 +176,20 @@ def test_distributed_sync_call_order_payloads_and_weights(server, tok, policy) -
     paths = server.paths()
     n_chunks = paths.count("/update_weights_from_distributed")
     assert n_chunks > 1
-    assert paths == (["/init_weights_update_group", "/pause_generation", "/flush_cache", "/begin_weight_update"]
-                     + ["/update_weights_from_distributed"] * n_chunks
-                     + ["/end_weight_update", "/flush_cache", "/continue_generation"])
+    assert paths == (
+        ["/init_weights_update_group", "/pause_generation", "/flush_cache", "/begin_weight_update"]
+        + ["/update_weights_from_distributed"] * n_chunks
+        + ["/end_weight_update", "/flush_cache", "/continue_generation"]
+    )
     init = server.requests[0][2]
-    assert init == {"master_address": "127.0.0.1", "master_port": 29611, "rank_offset": 1, "world_size": 2,
-                    "group_name": engine.group_name, "backend": "nccl"}
+    assert init == {
+        "master_address": "127.0.0.1",
+        "master_port": 29611,
+        "rank_offset": 1,
+        "world_size": 2,
+        "group_name": engine.group_name,
+        "backend": "nccl",
+    }
     assert bc.joins == [("127.0.0.1", 29611, 2, engine.group_name, "nccl")]
     chunks = [b for _, p, b in server.requests if p == "/update_weights_from_distributed"]
     names = [n for b in chunks for n in b["names"]]
@@ -202,7 +239,9 @@ def test_flush_cache_400_is_retried(server, tok, policy, tmp_path) -> None:  # n
     assert server.paths().count("/flush_cache") == 3 and engine.weight_version == 1
 
 
-def test_server_down_raises_after_counted_retries_and_leaves_checkpoint(server, tok, policy, tmp_path) -> None:  # noqa: ANN001
+def test_server_down_raises_after_counted_retries_and_leaves_checkpoint(
+    server, tok, policy, tmp_path
+) -> None:  # noqa: ANN001
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"trainer state \x00\x01")
@@ -255,3 +294,35 @@ def test_constructor_validation() -> None:
     with pytest.raises(ValueError, match="urls"):
         SGLangServerEngine(urls=[])
     assert SGLangServerEngine().urls == ["http://127.0.0.1:30000"]
+
+
+def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:  # noqa: ANN001
+    """The default broadcaster's group and broadcast, with a peer process playing the server's rank 1."""
+    import socket
+    import subprocess
+    import sys
+
+    from epr_lightning.rollout.sglang_server import TorchBroadcaster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    peer = (
+        "import torch, sys\n"
+        "from epr_lightning.rollout.sglang_server import init_custom_process_group\n"
+        f"pg = init_custom_process_group('gloo', 'tcp://127.0.0.1:{port}', 2, 1, 'g')\n"
+        "t = torch.empty(2, 3, dtype=torch.bfloat16)\n"
+        "torch.distributed.broadcast(t, src=0, group=pg)\n"
+        f"torch.save(t, {str(tmp_path / 'got.pt')!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", peer])
+    bc = TorchBroadcaster()
+    try:
+        bc.join("127.0.0.1", port, 2, "g", "gloo")
+        sent = torch.tensor([[1.5, -2, 3], [0.25, 8, -1]], dtype=torch.bfloat16)
+        bc.broadcast(sent)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        bc.close()
+    assert torch.equal(torch.load(tmp_path / "got.pt"), sent)

@@ -30,9 +30,14 @@ def model() -> torch.nn.Module:
     ("key", "expected"),
     [
         ("_orig_mod.model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
-        ("model._fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight",
-         "model.layers.0.mlp.up_proj.weight"),
-        ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight", "model.layers.0.self_attn.q_proj.weight"),
+        (
+            "model._fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ),
         ("module.lm_head.weight", "lm_head.weight"),
         ("model.embed_tokens.weight", "model.embed_tokens.weight"),
     ],
@@ -54,15 +59,18 @@ def test_compiled_model_yields_plain_hf_names_cast_to_bf16(model: torch.nn.Modul
 
 
 def test_tied_lm_head_is_skipped() -> None:
-    tied = tiny_causal_lm(len(char_tokenizer()), hidden_size=32, intermediate_size=64, num_layers=1,
-                          tie_word_embeddings=True)
+    tied = tiny_causal_lm(
+        len(char_tokenizer()), hidden_size=32, intermediate_size=64, num_layers=1, tie_word_embeddings=True
+    )
     names = [n for n, _ in iter_hf_weights(tied)]
     assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
 
 
 def test_lora_is_merged_under_base_names_and_unmerged_after(model: torch.nn.Module) -> None:
     peft = pytest.importorskip("peft")
-    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    lora = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    )
     for name, p in lora.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # B = 0 at init would make the merge a no-op
@@ -108,7 +116,7 @@ def test_dtensor_is_gathered_with_full_tensor() -> None:
 def test_buckets_hand_computed() -> None:
     # sizes 4,4,4,10,2 bytes with an 8-byte limit: [a,b]=8 fits; c would make 12 → new; d (10) alone is
     # over the limit → own bucket; e would make 12 → new.  Expected [[a,b],[c],[d],[e]].
-    named = [(k, torch.zeros(n, dtype=torch.uint8)) for k, n in zip("abcde", (4, 4, 4, 10, 2))]
+    named = [(k, torch.zeros(n, dtype=torch.uint8)) for k, n in zip("abcde", (4, 4, 4, 10, 2), strict=True)]
     assert [[n for n, _ in b] for b in iter_buckets(named, 8)] == [["a", "b"], ["c"], ["d"], ["e"]]
     with pytest.raises(ValueError, match="bucket_bytes"):
         list(iter_buckets(named, 0))
@@ -133,9 +141,12 @@ def test_flattened_bucket_round_trip_mixed_dtypes() -> None:
     flat = flatten_bucket(named)
     assert flat.buffer.dtype == torch.uint8 and flat.buffer.numel() == 38
     assert [(m["start"], m["end"], m["numel"], m["dtype"]) for m in flat.metadata] == [
-        (0, 6, 3, "bfloat16"), (6, 22, 4, "float32"), (22, 38, 2, "int64")]
+        (0, 6, 3, "bfloat16"),
+        (6, 22, 4, "float32"),
+        (22, 38, 2, "int64"),
+    ]
     out = unflatten_bucket(flat)
-    for (n0, t0), (n1, t1) in zip(named, out):
+    for (n0, t0), (n1, t1) in zip(named, out, strict=True):
         assert n0 == n1 and t0.dtype == t1.dtype and torch.equal(t0, t1)
     bad = FlatBucket(flat.buffer, [dict(flat.metadata[1], numel=5)])
     with pytest.raises(ValueError, match="'b'"):

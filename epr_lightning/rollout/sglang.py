@@ -55,7 +55,9 @@ def stop_ids(params: SamplingParams, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def sglang_sampling_params(params: SamplingParams, stop_token_ids: list[int], seed: int | None) -> dict[str, Any]:
+def sglang_sampling_params(
+    params: SamplingParams, stop_token_ids: list[int], seed: int | None
+) -> dict[str, Any]:
     """SGLang ``sampling_params`` with every field that changes the distribution set explicitly."""
     sp: dict[str, Any] = {
         "max_new_tokens": params.max_new_tokens,
@@ -78,7 +80,9 @@ def finish_type(output: dict[str, Any]) -> str:
     reason = output.get("meta_info", {}).get("finish_reason")
     kind = reason.get("type") if isinstance(reason, dict) else reason
     if kind not in ("stop", "length", "abort"):
-        raise RuntimeError(f"SGLang output has unexpected finish_reason {reason!r} (meta_info: {output.get('meta_info')})")
+        raise RuntimeError(
+            f"SGLang output has unexpected finish_reason {reason!r} (meta_info: {output.get('meta_info')})"
+        )
     return kind
 
 
@@ -87,7 +91,9 @@ def completion_and_logprobs(output: dict[str, Any]) -> tuple[list[int], list[flo
     ids = [int(t) for t in output["output_ids"]]
     triples = output.get("meta_info", {}).get("output_token_logprobs")
     if triples is None:
-        raise RuntimeError("SGLang output has no meta_info.output_token_logprobs (was return_logprob=True sent?)")
+        raise RuntimeError(
+            "SGLang output has no meta_info.output_token_logprobs (was return_logprob=True sent?)"
+        )
     lps = [float(tr[0]) for tr in triples]
     lp_ids = [int(tr[1]) for tr in triples]
     if lp_ids != ids:
@@ -102,7 +108,7 @@ def generate_with_resubmit(
     outputs = submit(list(range(n)))
     aborted = [i for i, o in enumerate(outputs) if finish_type(o) == "abort"]
     if aborted:
-        for i, o in zip(aborted, submit(aborted)):
+        for i, o in zip(aborted, submit(aborted), strict=True):
             if finish_type(o) == "abort":
                 reason = o.get("meta_info", {}).get("finish_reason")
                 raise RuntimeError(f"SGLang ({where}) aborted sample {i} twice: {reason}")
@@ -206,8 +212,10 @@ class SGLangEngine(RolloutEngine):
         self._pending: torch.nn.Module | None = None
 
     def engine_kwargs(self, model: torch.nn.Module, rank: int) -> dict[str, Any]:
-        path = self.model_path or getattr(model, "name_or_path", None) or getattr(
-            getattr(model, "config", None), "_name_or_path", None
+        path = (
+            self.model_path
+            or getattr(model, "name_or_path", None)
+            or getattr(getattr(model, "config", None), "_name_or_path", None)
         )
         if not path:
             raise ValueError("SGLangEngine.model_path is not set and the policy has no name_or_path")
@@ -256,9 +264,13 @@ class SGLangEngine(RolloutEngine):
             try:
                 engine.begin_weight_update()
             except Exception as err:
-                raise RuntimeError(f"SGLang rejected begin_weight_update; weights were not pushed: {err}") from err
+                raise RuntimeError(
+                    f"SGLang rejected begin_weight_update; weights were not pushed: {err}"
+                ) from err
         for bucket in iter_buckets(iter_hf_weights(model, dtype=dtype), self.weight_bucket_bytes):
-            _check_result(engine.update_weights_from_tensor(bucket, flush_cache=False), "update_weights_from_tensor")
+            _check_result(
+                engine.update_weights_from_tensor(bucket, flush_cache=False), "update_weights_from_tensor"
+            )
             del bucket
         if transactional:
             _check_result(engine.end_weight_update(), "end_weight_update")
@@ -319,6 +331,14 @@ class SGLangEngine(RolloutEngine):
 
         outputs = generate_with_resubmit(submit, len(inputs), "in-process engine")
         return build_rollout(prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version)
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in the trainer checkpoint so a resumed run continues versions and sampling seeds."""
+        return {"weight_version": self.weight_version, "generate_calls": self._calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.weight_version = int(state["weight_version"])
+        self._calls = int(state["generate_calls"])
 
     def shutdown(self) -> None:
         if self.engine is not None:

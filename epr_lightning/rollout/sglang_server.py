@@ -50,39 +50,62 @@ class SGLangHTTPError(RuntimeError):
         self.status = status
 
 
-class TorchBroadcaster:
-    """Trainer side of SGLang's weight-update group: joins as rank 0 of a non-default process group (the
-    same rendezvous as sglang's ``init_custom_process_group``) and broadcasts tensors from rank 0.
+def init_custom_process_group(
+    backend: str, init_method: str, world_size: int, rank: int, group_name: str
+) -> Any:
+    """A process group outside the default one, created like sglang's function of the same name (a
+    rendezvous store prefixed by ``group_name``); both sides of the weight-update group must agree on it."""
+    from datetime import timedelta
 
-    Untested here (needs NCCL and GPUs); tests replace it with an object with the same two methods.
+    from torch.distributed.distributed_c10d import (
+        Backend,
+        PrefixStore,
+        _new_process_group_helper,
+        _world,
+        rendezvous,
+    )
+
+    timeout = timedelta(minutes=10)
+    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    pg, _ = _new_process_group_helper(
+        world_size,
+        rank,
+        [],
+        Backend(backend),
+        PrefixStore(group_name, store),
+        group_name=group_name,
+        backend_options=None,
+        timeout=timeout,
+    )
+    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    return pg
+
+
+class TorchBroadcaster:
+    """Trainer side of SGLang's weight-update group: joins as rank 0 and broadcasts tensors from rank 0.
+
+    Tested over gloo on CPU; with the servers it runs over NCCL (tensors must then be on the GPU).
+    Tests may replace it with any object that has the same ``join`` and ``broadcast`` methods.
     """
 
     def __init__(self) -> None:
         self.group: Any = None
 
-    def join(self, master_addr: str, master_port: int, world_size: int, group_name: str, backend: str) -> None:
-        from datetime import timedelta
-
-        from torch.distributed.distributed_c10d import (
-            Backend,
-            PrefixStore,
-            _new_process_group_helper,
-            _world,
-            rendezvous,
+    def join(
+        self, master_addr: str, master_port: int, world_size: int, group_name: str, backend: str
+    ) -> None:
+        self.group = init_custom_process_group(
+            backend, f"tcp://{master_addr}:{master_port}", world_size, 0, group_name
         )
-
-        timeout = timedelta(minutes=10)
-        store, rank, world_size = next(rendezvous(f"tcp://{master_addr}:{master_port}", 0, world_size, timeout=timeout))
-        store.set_timeout(timeout)
-        pg, _ = _new_process_group_helper(
-            world_size, rank, [], Backend(backend), PrefixStore(group_name, store), group_name=group_name,
-            backend_options=None, timeout=timeout,
-        )
-        _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
-        self.group = pg
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         torch.distributed.broadcast(tensor, src=0, group=self.group)
+
+    def close(self) -> None:
+        if self.group is not None:
+            torch.distributed.destroy_process_group(self.group)
+            self.group = None
 
 
 class SGLangServerEngine(RolloutEngine):
@@ -128,7 +151,9 @@ class SGLangServerEngine(RolloutEngine):
         if not self.urls:
             raise ValueError("SGLangServerEngine.urls must name at least one server")
         if weight_sync not in ("disk", "distributed"):
-            raise ValueError(f"SGLangServerEngine.weight_sync must be 'disk' or 'distributed', got {weight_sync!r}")
+            raise ValueError(
+                f"SGLangServerEngine.weight_sync must be 'disk' or 'distributed', got {weight_sync!r}"
+            )
         if max_retries < 0 or backoff_s < 0 or timeout_s <= 0:
             raise ValueError("SGLangServerEngine: max_retries and backoff_s must be >= 0, timeout_s > 0")
         self.router_url = router_url.rstrip("/") if router_url else None
@@ -155,7 +180,9 @@ class SGLangServerEngine(RolloutEngine):
         self._sleep = time.sleep
 
     # -- HTTP ----------------------------------------------------------------------------------------
-    def request(self, url: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST") -> Any:
+    def request(
+        self, url: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST"
+    ) -> Any:
         """One JSON request with bounded retries (connection errors, timeouts, 5xx) and exponential backoff."""
         data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
         headers = {"Content-Type": "application/json"}
@@ -172,7 +199,9 @@ class SGLangServerEngine(RolloutEngine):
             except urllib.error.HTTPError as err:
                 detail = err.read().decode(errors="replace")[:500]
                 if err.code < 500:
-                    raise SGLangHTTPError(f"SGLang server {url}: {method} {path} → HTTP {err.code}: {detail}", err.code) from err
+                    raise SGLangHTTPError(
+                        f"SGLang server {url}: {method} {path} → HTTP {err.code}: {detail}", err.code
+                    ) from err
                 last = f"HTTP {err.code}: {detail}"
                 continue
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as err:
@@ -205,6 +234,14 @@ class SGLangServerEngine(RolloutEngine):
             for url in self.urls:
                 self.request(url, "/health_generate", method="GET")
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in the trainer checkpoint so a resumed run continues versions and sampling seeds."""
+        return {"weight_version": self.weight_version, "generate_calls": self._calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.weight_version = int(state["weight_version"])
+        self._calls = int(state["generate_calls"])
+
     def shutdown(self) -> None:
         if self._group_ready and self.rank == 0:
             for url in self.urls:
@@ -213,6 +250,9 @@ class SGLangServerEngine(RolloutEngine):
                 except SGLangHTTPError:
                     pass  # the servers may already be gone
             self._group_ready = False
+            close = getattr(self.broadcaster, "close", None)
+            if callable(close):
+                close()
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
@@ -236,10 +276,16 @@ class SGLangServerEngine(RolloutEngine):
         targets = [self.router_url] if self.router_url else self.urls
 
         def post(url: str, idx: list[int]) -> list[dict[str, Any]]:
-            body = {"input_ids": [inputs[i] for i in idx], "sampling_params": [sps[i] for i in idx], "return_logprob": True}
+            body = {
+                "input_ids": [inputs[i] for i in idx],
+                "sampling_params": [sps[i] for i in idx],
+                "return_logprob": True,
+            }
             out = self.request(url, "/generate", body)
             if not isinstance(out, list) or len(out) != len(idx):
-                raise RuntimeError(f"SGLang server {url}: /generate returned {type(out).__name__} for {len(idx)} inputs")
+                raise RuntimeError(
+                    f"SGLang server {url}: /generate returned {type(out).__name__} for {len(idx)} inputs"
+                )
             return out
 
         def submit(idx: list[int]) -> list[dict[str, Any]]:
@@ -310,7 +356,7 @@ class SGLangServerEngine(RolloutEngine):
         tmp.rename(target)  # servers never see a half-written folder
         with self._paused():
             body = {"model_path": str(target), "weight_version": str(version)}
-            for url, result in zip(self.urls, self._all("/update_weights_from_disk", body)):
+            for url, result in zip(self.urls, self._all("/update_weights_from_disk", body), strict=True):
                 self._check_success(result, url, "/update_weights_from_disk")
         for old in root.glob("weights_v*"):
             if old != target:
@@ -322,18 +368,25 @@ class SGLangServerEngine(RolloutEngine):
         world_size = 1 + len(self.urls) * self.server_tp_size
         with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:  # fire first, or both sides block
             futures = [
-                pool.submit(self.request, url, "/init_weights_update_group", {
-                    "master_address": self.nccl_master_addr,
-                    "master_port": self.nccl_master_port,
-                    "rank_offset": 1 + i * self.server_tp_size,
-                    "world_size": world_size,
-                    "group_name": self.group_name,
-                    "backend": "nccl",
-                })
+                pool.submit(
+                    self.request,
+                    url,
+                    "/init_weights_update_group",
+                    {
+                        "master_address": self.nccl_master_addr,
+                        "master_port": self.nccl_master_port,
+                        "rank_offset": 1 + i * self.server_tp_size,
+                        "world_size": world_size,
+                        "group_name": self.group_name,
+                        "backend": "nccl",
+                    },
+                )
                 for i, url in enumerate(self.urls)
             ]
-            self.broadcaster.join(self.nccl_master_addr, self.nccl_master_port, world_size, self.group_name, "nccl")
-            for url, f in zip(self.urls, futures):
+            self.broadcaster.join(
+                self.nccl_master_addr, self.nccl_master_port, world_size, self.group_name, "nccl"
+            )
+            for url, f in zip(self.urls, futures, strict=True):
                 self._check_success(f.result(), url, "/init_weights_update_group")
         self._group_ready = True
 
@@ -345,7 +398,9 @@ class SGLangServerEngine(RolloutEngine):
         except SGLangHTTPError as err:
             if err.status == 404:
                 return False
-            raise RuntimeError(f"SGLang rejected begin_weight_update; weights were not pushed: {err}") from err
+            raise RuntimeError(
+                f"SGLang rejected begin_weight_update; weights were not pushed: {err}"
+            ) from err
 
     def _sync_distributed(self, model: torch.nn.Module, version: int) -> None:
         dtype = getattr(torch, self.dtype)
@@ -367,10 +422,13 @@ class SGLangServerEngine(RolloutEngine):
                         "flush_cache": False,
                         "weight_version": str(version),
                     }
-                    futures = [pool.submit(self.request, url, "/update_weights_from_distributed", body) for url in self.urls]
+                    futures = [
+                        pool.submit(self.request, url, "/update_weights_from_distributed", body)
+                        for url in self.urls
+                    ]
                     for _, tensor in bucket:
                         self.broadcaster.broadcast(tensor)
-                    for url, f in zip(self.urls, futures):
+                    for url, f in zip(self.urls, futures, strict=True):
                         self._check_success(f.result(), url, "/update_weights_from_distributed")
             if transactional:
                 self._all("/end_weight_update", {})

@@ -39,7 +39,9 @@ def hf_name(name: str) -> str:
 
 def is_lora_param(name: str) -> bool:
     """True for peft adapter tensors (``lora_A``/``lora_B``/``lora_embedding_*``/``lora_magnitude_vector``)."""
-    return any(f".{key}" in name for key in ("lora_A.", "lora_B.", "lora_embedding_", "lora_magnitude_vector"))
+    return any(
+        f".{key}" in name for key in ("lora_A.", "lora_B.", "lora_embedding_", "lora_magnitude_vector")
+    )
 
 
 def _ties_lm_head(model: torch.nn.Module) -> bool:
@@ -185,7 +187,9 @@ def unflatten_bucket(bucket: FlatBucket) -> list[NamedTensor]:
         except RuntimeError:  # storage offset not a multiple of the element size
             flat = raw.clone().view(dtype)
         if flat.numel() != meta["numel"]:
-            raise ValueError(f"flattened bucket entry {meta['name']!r}: {flat.numel()} elements != numel {meta['numel']}")
+            raise ValueError(
+                f"flattened bucket entry {meta['name']!r}: {flat.numel()} elements != numel {meta['numel']}"
+            )
         out.append((meta["name"], flat.view(meta["shape"])))
     return out
 

@@ -79,7 +79,7 @@ class TinyBackend:
                 "finish_reason": finish,
             }
             if return_logprob:
-                meta["output_token_logprobs"] = [(lp, t, None) for lp, t in zip(lps, out)]
+                meta["output_token_logprobs"] = [(lp, t, None) for lp, t in zip(lps, out, strict=True)]
             return {"output_ids": out, "meta_info": meta}
 
     def generate(self, input_ids: Any, sampling_params: Any, return_logprob: bool) -> Any:
@@ -88,7 +88,7 @@ class TinyBackend:
         sps = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}] * len(batch)
         if len(sps) != len(batch):
             raise ValueError(f"{len(sps)} sampling_params for {len(batch)} inputs")
-        results = [self.generate_one(ids, sp, return_logprob) for ids, sp in zip(batch, sps)]
+        results = [self.generate_one(ids, sp, return_logprob) for ids, sp in zip(batch, sps, strict=True)]
         return results[0] if single else results
 
     def load_named_tensors(self, named: list[tuple[str, torch.Tensor]]) -> None:
@@ -143,8 +143,17 @@ class FakeSGLangServer:
     path)`` answers the next n (matching) requests with ``status``; ``down = True`` answers 503 to all.
     """
 
-    ADMIN_PATHS = ("/update_", "/init_weights", "/destroy_weights", "/begin_weight", "/end_weight",
-                   "/release_memory", "/resume_memory", "/pause_generation", "/continue_generation")
+    ADMIN_PATHS = (
+        "/update_",
+        "/init_weights",
+        "/destroy_weights",
+        "/begin_weight",
+        "/end_weight",
+        "/release_memory",
+        "/resume_memory",
+        "/pause_generation",
+        "/continue_generation",
+    )
 
     def __init__(
         self,
@@ -252,24 +261,41 @@ class FakeSGLangServer:
                 return 404, {"detail": "Not Found"}
             begin = path == "/begin_weight_update"
             if begin == self.in_transaction:
-                return 400, {"success": False, "message": f"{path}: transaction state is {self.in_transaction}"}
+                return 400, {
+                    "success": False,
+                    "message": f"{path}: transaction state is {self.in_transaction}",
+                }
             self.in_transaction = begin
             return 200, {"success": True, "message": ""}
         if path == "/update_weights_from_disk":
             try:
                 b.load_dir(body["model_path"])
             except Exception as err:  # noqa: BLE001 - reported like SGLang does
-                return 400, {"success": False, "message": f"{type(err).__name__}: {err}", "num_paused_requests": 0}
+                return 400, {
+                    "success": False,
+                    "message": f"{type(err).__name__}: {err}",
+                    "num_paused_requests": 0,
+                }
             b.weight_version = str(body.get("weight_version") or b.weight_version)
-            return 200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+            return 200, {
+                "success": True,
+                "message": "Succeeded to update model weights.",
+                "num_paused_requests": 0,
+            }
         if path == "/update_weights_from_distributed":
             if self.transactional and not self.in_transaction:
-                return 400, {"success": False, "message": "update outside begin_weight_update/end_weight_update"}
+                return 400, {
+                    "success": False,
+                    "message": "update outside begin_weight_update/end_weight_update",
+                }
             named = []
-            for name, dt, shape in zip(body["names"], body["dtypes"], body["shapes"]):
+            for name, dt, shape in zip(body["names"], body["dtypes"], body["shapes"], strict=True):
                 t = self._broadcasts.get(timeout=10)
                 if t.dtype != dtype_from_name(dt) or list(t.shape) != list(shape):
-                    return 400, {"success": False, "message": f"{name}: broadcast {t.dtype}{list(t.shape)} != {dt}{shape}"}
+                    return 400, {
+                        "success": False,
+                        "message": f"{name}: broadcast {t.dtype}{list(t.shape)} != {dt}{shape}",
+                    }
                 named.append((name, t))
             b.load_named_tensors(named)
             b.weight_version = str(body.get("weight_version") or b.weight_version)
@@ -299,8 +325,10 @@ class FakeSGLangServer:
             payload: Any = {"error": f"injected fault {status}"}
         elif body is None:
             status, payload = 400, {"error": "body is not JSON"}
-        elif self.admin_api_key and path.startswith(self.ADMIN_PATHS) and (
-            handler.headers.get("Authorization") != f"Bearer {self.admin_api_key}"
+        elif (
+            self.admin_api_key
+            and path.startswith(self.ADMIN_PATHS)
+            and (handler.headers.get("Authorization") != f"Bearer {self.admin_api_key}")
         ):
             status, payload = 401, {"error": "admin API key required"}
         else:
@@ -367,14 +395,23 @@ def fake_sglang_module(
                 on_call(name, args, kwargs)
 
         def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **kw):  # noqa: ANN001,ANN201
-            self._record("generate", (), dict(input_ids=input_ids, sampling_params=sampling_params,
-                                              return_logprob=return_logprob, **kw))
+            self._record(
+                "generate",
+                (),
+                dict(
+                    input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob, **kw
+                ),
+            )
             if self.released:
                 raise RuntimeError(f"generate while memory released: {sorted(self.released)}")
             return backend.generate(input_ids, sampling_params, return_logprob)
 
         def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):  # noqa: ANN001,ANN201
-            self._record("update_weights_from_tensor", (named_tensors,), dict(load_format=load_format, flush_cache=flush_cache))
+            self._record(
+                "update_weights_from_tensor",
+                (named_tensors,),
+                dict(load_format=load_format, flush_cache=flush_cache),
+            )
             if transactional and not self.in_transaction:
                 return False, "update_weights_from_tensor outside begin_weight_update/end_weight_update"
             if "weights" in self.released:
