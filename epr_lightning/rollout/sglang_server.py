@@ -303,8 +303,8 @@ class SGLangServerEngine(RolloutEngine):
     @contextmanager
     def _paused(self) -> Iterator[None]:
         """pause_generation(retract) → flush_cache → [body] → continue_generation (always attempted)."""
-        self._all("/pause_generation", {"mode": "retract"})
-        try:
+        try:  # a pause that reached only some servers must be undone too
+            self._all("/pause_generation", {"mode": "retract"})
             for url in self.urls:
                 self.flush_cache(url)
             yield
