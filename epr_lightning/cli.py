@@ -10,6 +10,8 @@ import os
 import sys
 import warnings
 
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning 2.6 uses deprecated jsonargparse calls
+
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from epr_lightning.data import PromptDataModule

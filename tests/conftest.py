@@ -1,0 +1,27 @@
+"""Shared fixtures: the offline char tokenizer and a tiny random causal LM (no network, CPU, < 1 s)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores shared by everything: one intra-op thread per test process keeps runs predictable.
+torch.set_num_threads(int(os.environ.get("EPR_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from epr_lightning.tiny import char_tokenizer
+
+    return char_tokenizer()
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    from epr_lightning.tiny import tiny_causal_lm
+
+    return tiny_causal_lm(
+        len(tiny_tokenizer), eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id
+    )

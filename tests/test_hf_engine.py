@@ -1,0 +1,87 @@
+"""The in-process HF engine: grouping, stop handling, seeding, and sampler log-probs vs the trainer's."""
+
+from __future__ import annotations
+
+import torch
+
+from epr_lightning.logprobs import token_logprobs_and_entropy
+from epr_lightning.models import encode_prompts
+from epr_lightning.rollout.base import SamplingParams
+from epr_lightning.rollout.hf import HFEngine
+
+
+def _engine(tok, model):
+    engine = HFEngine()
+    engine.setup(model, tok)
+    return engine
+
+
+def test_groups_are_prompt_major_and_logprobs_match_trainer(tiny_model, tiny_tokenizer):
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=3)
+    rollout = _engine(tiny_tokenizer, tiny_model).generate(prompts, params, 3, model=tiny_model)
+    assert rollout.group_index == [0, 0, 0, 1, 1, 1]
+    assert rollout.prompt_ids[:3] == [prompts[0]] * 3 and rollout.prompt_ids[3:] == [prompts[1]] * 3
+    for ids, lps, finish in zip(rollout.completion_ids, rollout.sampler_logprobs, rollout.finish_reason):
+        assert len(ids) == len(lps) and 1 <= len(ids) <= 10
+        assert finish == ("stop" if ids[-1] == tiny_tokenizer.eos_token_id else "length")
+        assert tiny_tokenizer.eos_token_id not in ids[:-1]  # cut at the first stop token
+    batch = rollout.to_batch(tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(
+            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=0.7
+        )
+    m = batch.loss_mask.bool()
+    assert torch.allclose(logp[m], batch.sampler_logprobs[m], atol=1e-5)
+
+
+def test_seeded_per_call_and_global_rng_untouched(tiny_model, tiny_tokenizer):
+    prompts = encode_prompts(tiny_tokenizer, ["2+2?"])
+    params = SamplingParams(max_new_tokens=12, seed=11)
+    a = _engine(tiny_tokenizer, tiny_model)
+    b = _engine(tiny_tokenizer, tiny_model)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = a.generate(prompts, params, 4, model=tiny_model)
+    assert torch.equal(torch.rand(1), before)  # generation does not consume the global RNG stream
+    second = a.generate(prompts, params, 4, model=tiny_model)
+    assert first.completion_ids == b.generate(prompts, params, 4, model=tiny_model).completion_ids
+    assert first.completion_ids != second.completion_ids  # the call counter moves the seed on
+    b.load_state_dict(a.state_dict())  # a resumed engine continues the same stream
+    assert a.generate(prompts, params, 4, model=tiny_model).completion_ids == b.generate(
+        prompts, params, 4, model=tiny_model
+    ).completion_ids
+
+
+def test_max_new_tokens_and_stop_ids(tiny_model, tiny_tokenizer):
+    prompts = encode_prompts(tiny_tokenizer, ["go"])
+    stop = tiny_tokenizer.convert_tokens_to_ids(["a", "e", "i", "o", "u", " "])
+    rollout = _engine(tiny_tokenizer, tiny_model).generate(
+        prompts, SamplingParams(max_new_tokens=5, stop_token_ids=stop), 6, model=tiny_model
+    )
+    for ids, finish in zip(rollout.completion_ids, rollout.finish_reason):
+        assert len(ids) <= 5
+        hits = [i for i, t in enumerate(ids) if t in stop + [tiny_tokenizer.eos_token_id]]
+        assert hits == ([len(ids) - 1] if finish == "stop" else [])
+
+
+def test_to_batch_layout(tiny_tokenizer):
+    from epr_lightning.rollout.base import Rollout
+
+    r = Rollout(
+        prompt_ids=[[5, 6], [7]],
+        completion_ids=[[8], [9, 10, 2]],
+        sampler_logprobs=[[-0.5], [-1.0, -2.0, -3.0]],
+        group_index=[0, 0],
+        finish_reason=["length", "stop"],
+        completion_text=["x", "yz"],
+        prompt_text=["", ""],
+    )
+    b = r.to_batch(pad_token_id=0)
+    assert b.input_ids.tolist() == [[5, 6, 8, 0], [7, 9, 10, 2]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert b.loss_mask.tolist() == [[0, 0, 1, 0], [0, 1, 1, 1]]
+    assert b.sampler_logprobs.tolist() == [[0, 0, -0.5, 0], [0, -1.0, -2.0, -3.0]]
+    sub = b.select(torch.tensor([0]))
+    assert sub.input_ids.tolist() == [[5, 6, 8]]  # trimmed to its own longest row
