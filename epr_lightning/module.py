@@ -55,6 +55,9 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
         lora: train LoRA adapters instead of all weights (None = full fine-tuning).
         fsdp: FSDP2 settings, used when the Trainer's strategy is ``ModelParallelStrategy``.
+        controllers: callbacks that adapt the objective (``epr_lightning.callbacks.REPOZetaController`` …);
+            returned from ``configure_callbacks`` so that Lightning adds them to the trainer's callbacks. A
+            method YAML sets them here, which composes with (never replaces) ``trainer.callbacks``.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         lora: LoRAConfig | None = None,
         fsdp: FSDP2Config | None = None,
+        controllers: list[pl.Callback] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -119,6 +123,7 @@ class RLModule(pl.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
+        self.controllers = list(controllers or [])
         self.iteration = 0  # completed rollout iterations (checkpointed)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
@@ -153,6 +158,10 @@ class RLModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         self.configure_model()
         self.engine.setup(self.policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The objective's controllers (merged into the trainer's callbacks by Lightning)."""
+        return list(self.controllers)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.policy.parameters() if p.requires_grad]
