@@ -32,8 +32,9 @@ def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.M
 def _head_chunk(
     hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, fp32_head: bool
 ) -> tuple[Tensor, Tensor]:
-    if fp32_head:
-        logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    if fp32_head:  # autocast (Trainer "bf16-mixed") would otherwise run this matmul in bf16
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
     else:
         logits = F.linear(hidden, weight, bias).float()
     if temperature != 1.0:
@@ -88,18 +89,29 @@ def token_logprobs_and_entropy(
     Returns two fp32 [N, T] tensors aligned with ``input_ids`` (0 where ``score_mask`` is 0; position 0 is
     never scored). Gradients flow when grad mode is on.
     """
-    decoder, head = split_causal_lm(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
+    _, head = split_causal_lm(model)
     # logits at position t-1 predict token t
     pos = score_mask[:, 1:].bool()
     rows, cols = pos.nonzero(as_tuple=True)
-    h = hidden[:, :-1][rows, cols]
     targets = input_ids[:, 1:][rows, cols]
-    weight = head.weight
-    bias = getattr(head, "bias", None)
-    lp, ent = chunked_logprobs_entropy(
-        h, targets, weight, bias, temperature=temperature, chunk_size=chunk_size, fp32_head=fp32_head
-    )
+
+    def scoring_head(hidden: Tensor) -> Tensor:  # [N, T, H] → [2, M] (log-probs; entropies)
+        h = hidden[:, :-1][rows, cols]
+        lp, ent = chunked_logprobs_entropy(
+            h, targets, head.weight, getattr(head, "bias", None),
+            temperature=temperature, chunk_size=chunk_size, fp32_head=fp32_head,
+        )
+        return torch.stack([lp, ent])
+
+    # The chunked pass runs *as* the LM head, inside the root module's forward: FSDP2 gathers the root's own
+    # parameters (embeddings, final norm, LM head) only there, so calling the decoder and reading
+    # ``head.weight`` outside it would see sharded DTensors. Unsharded models compute exactly the same thing.
+    head.forward = scoring_head
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=0)
+    finally:
+        del head.forward  # back to the class's forward
+    lp, ent = out.logits[0], out.logits[1]
     logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     entropy = torch.zeros_like(logp)
     logp = logp.index_put((rows, cols + 1), lp)
