@@ -32,11 +32,26 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """Endless batches from seeded per-pass permutations; ``state_dict`` records how many were drawn.
 
     One Lightning "epoch" is ``batches_per_epoch`` batches; passes over the data are independent of epochs.
+    With ``world_size`` ranks each draw is one global batch of ``batch_size * world_size`` prompts and rank
+    ``r`` takes its ``r``-th contiguous slice, so N ranks with ``batch_size`` B see exactly the prompts (in the
+    same order, concatenated) that one process with ``batch_size`` N·B sees.
     """
 
-    def __init__(self, num_items: int, batch_size: int, batches_per_epoch: int, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.num_items, self.batch_size = num_items, batch_size
         self.batches_per_epoch, self.seed, self.shuffle = batches_per_epoch, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.drawn = 0  # batches handed out so far, over the whole run
         self._restored: int | None = None
 
@@ -50,14 +65,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return torch.randperm(self.num_items, generator=g).tolist()
 
     def batch_at(self, index: int) -> list[int]:
-        """The ``index``-th batch of the endless stream (deterministic)."""
-        start = index * self.batch_size
+        """This rank's part of the ``index``-th global batch of the endless stream (deterministic)."""
+        size = self.batch_size * self.world_size
+        start = index * size
         out: list[int] = []
-        while len(out) < self.batch_size:
+        while len(out) < size:
             pass_index, offset = divmod(start + len(out), self.num_items)
             order = self._order(pass_index)
-            out += order[offset : offset + self.batch_size - len(out)]
-        return out
+            out += order[offset : offset + size - len(out)]
+        return out[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.batches_per_epoch):
@@ -81,7 +97,10 @@ class PromptDataModule(pl.LightningDataModule):
 
     Args:
         task: where prompts come from and how completions are scored.
-        prompts_per_step: prompts per rollout iteration (each sampled ``num_generations`` times).
+        prompts_per_step: prompts per rollout iteration and rank (each sampled ``num_generations`` times);
+            under DDP/FSDP2 the ranks split one global batch of ``prompts_per_step × world_size`` prompts.
+            This sampler does the split itself, so multi-process runs need
+            ``trainer.use_distributed_sampler: false``.
         batches_per_epoch: rollout iterations per Lightning epoch (None = one pass over the train prompts).
         val_prompts: held-out prompts used per validation run (None = all of the task's val split).
         val_batch_size: prompts per validation step.
@@ -126,16 +145,25 @@ class PromptDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self._train is not None
-        per_epoch = self.batches_per_epoch or max(1, len(self._train) // self.prompts_per_step)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if world > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError(
+                "PromptDataModule splits each prompt batch across ranks itself: set "
+                "trainer.use_distributed_sampler=false for multi-process runs"
+            )
+        per_epoch = self.batches_per_epoch or max(1, len(self._train) // (self.prompts_per_step * world))
         if self.sampler is None:
             self.sampler = ResumableBatchSampler(
-                len(self._train), self.prompts_per_step, per_epoch, self.seed, self.shuffle
+                len(self._train), self.prompts_per_step, per_epoch, self.seed, self.shuffle, rank, world
             )
             if self._pending_state is not None:
                 self.sampler.load_state_dict(self._pending_state)
         return DataLoader(ExampleDataset(self._train), batch_sampler=self.sampler, collate_fn=collate_examples)
 
     def val_dataloader(self) -> DataLoader:
+        # Not split across ranks (trainer.use_distributed_sampler=false): every rank scores all validation
+        # prompts, so every rank runs the same number of (collective) validation steps.
         assert self._val is not None
         return DataLoader(
             ExampleDataset(self._val), batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_examples
