@@ -17,9 +17,12 @@ from epr_lightning.tasks.countdown import CountdownReward, CountdownTask
 from epr_lightning.tasks.jsonl import JSONLTask, read_jsonl_examples
 from epr_lightning.tasks.property_numbers import NumberPropertyReward, NumbersWithPropertyTask
 from epr_lightning.tasks.scoring import ScoreResult, score_completions
+from epr_lightning.tasks.toy import CharacterFractionReward, CharacterTask
 
 __all__ = [
     "ArithmeticTask",
+    "CharacterFractionReward",
+    "CharacterTask",
     "CountdownReward",
     "CountdownTask",
     "Example",

@@ -1,0 +1,401 @@
+"""Entropy controllers: once per rollout iteration, move one objective coefficient so entropy tracks H*.
+
+| Controller | Adapts | Rule (pure function) |
+|---|---|---|
+| ``REPOZetaController`` | ζ of ``REPOR``/``REPOD`` (β of ``REPO``) | ``zeta_step``: double/halve on a signed log scale (paper.md §5) |
+| ``ClipHigherController`` (ADAPO) | ε_high of ``PPOClipLoss``/``GSPOLoss`` | ``clip_higher_step``: ×κ^{±1} within [ε_low, max] [X] |
+| ``AdaptiveEntropyBonus`` | coef of ``EntropyBonus`` | ``adaptive_bonus_step``: ±δ within [min, max] (Skywork-OR1) |
+
+Timing (paper.md §5): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
+``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
+record (before any update). The new coefficient is written into the objective piece and is used from the next
+iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.
+
+Controllers are usually given to the module (``model.init_args.controllers`` in ``configs/method/*.yaml``), which
+returns them from ``configure_callbacks``: that way a method config never replaces ``trainer.callbacks``.
+Their state (coefficient, H*, counters) is checkpointed under ``state_key``; on resume the restored coefficient
+is pushed into the objective (the module restores the objective too; the two must agree).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from epr_lightning.metrics import all_reduce
+from epr_lightning.record import StepRecord
+
+from ._logging import get_record
+from .targets import EntropyTarget, InitialEntropy
+
+EntropySource = Literal["exact", "mc"]
+
+
+# ---------------------------------------------------------------------------------------------- pure rules
+def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> int:
+    """+1 when entropy is below target (raise it), −1 when above, 0 inside the band |H − H*| ≤ tolerance·H*."""
+    if abs(entropy - target) <= tolerance * abs(target):
+        return 0
+    return 1 if entropy < target else -1
+
+
+def zeta_step(zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0) -> float:
+    """The ζ controller rule of paper.md §5 (doubling/halving on a signed log scale).
+
+    Below target: ζ > 0 doubles (capped at ζ_max); ζ = 0 starts at +ζ_min; ζ < 0 halves, and a halving that
+    would land inside (−ζ_min, ζ_min) flips to +ζ_min. Above target: the mirror image toward −ζ_max.
+    """
+    d = entropy_direction(entropy, target, tolerance)
+    if d > 0:  # raise
+        if zeta > 0:
+            return min(2.0 * zeta, zeta_max)
+        if zeta == 0:
+            return zeta_min
+        half = zeta / 2.0
+        return zeta_min if half > -zeta_min else half
+    if d < 0:  # lower
+        if zeta < 0:
+            return max(2.0 * zeta, -zeta_max)
+        half = zeta / 2.0
+        return -zeta_min if half < zeta_min else half
+    return zeta
+
+
+def clip_higher_step(
+    eps_high: float, entropy: float, target: float, eps_low: float, eps_high_max: float = 1.0, kappa: float = 1.25, tolerance: float = 0.0
+) -> float:
+    """[X] ADAPO, our design (paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, ε_high_max).
+
+    κ when entropy is below target (a looser upper clip lets rare tokens with A > 0 grow), 1/κ when above.
+    """
+    d = entropy_direction(entropy, target, tolerance)
+    new = eps_high * kappa**d
+    return min(max(new, eps_low), eps_high_max)
+
+
+def adaptive_bonus_step(
+    coef: float, entropy: float, target: float, delta: float, coef_min: float = 0.0, coef_max: float = 1.0, tolerance: float = 0.0
+) -> float:
+    """Skywork-OR1's adaptive entropy coefficient: coef ± δ (up when below target), clipped to [min, max]."""
+    d = entropy_direction(entropy, target, tolerance)
+    return min(max(coef + d * delta, coef_min), coef_max)
+
+
+def iteration_entropy(record: StepRecord, source: EntropySource, device: Any = None) -> float:
+    """Token-mean entropy of π_old over the completion tokens of the *global* batch (all-reduced over ranks).
+
+    ``exact``: full-vocab H(s_t) (``record.entropy``); ``mc``: mean −log π_old of the sampled tokens.
+    """
+    m = record.loss_mask.double()
+    values = record.entropy if source == "exact" else -record.old_logp
+    sums = torch.stack([(values.double() * m).sum(), m.sum()])
+    sums = all_reduce(sums, "sum", device)
+    return float(sums[0] / sums[1].clamp_min(1.0))
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+class EntropyController(Callback):
+    """Shared plumbing: find the piece, read H and H*, apply ``rule``, write back, log, checkpoint.
+
+    Subclasses define ``coef_name`` (the metric name), ``pieces`` (the objective pieces it can adapt, with the
+    attribute name) and ``rule``.
+    """
+
+    coef_name = "coef"
+    method_yaml = "configs/method/*.yaml"
+
+    def __init__(
+        self, target: EntropyTarget | None, entropy_source: EntropySource, tolerance: float, name: str | None
+    ) -> None:
+        if entropy_source not in EntropySource.__args__:
+            raise ValueError(f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}")
+        if not (math.isfinite(float(tolerance)) and tolerance >= 0):
+            raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
+        self.target = target if target is not None else InitialEntropy()
+        self.entropy_source = entropy_source
+        self.tolerance = float(tolerance)
+        self.name = name
+        self.coef: float | None = None
+        self.initial_entropy: float | None = None
+        self.updates = 0
+        self.last_entropy: float | None = None
+        self.last_target: float | None = None
+        self._restored = False
+        self._piece: Any = None
+        self._attr = ""
+
+    # -- subclass API ---------------------------------------------------------------------------------
+    @abstractmethod
+    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
+        """(piece, attribute) pairs of ``objective`` this controller can adapt."""
+
+    @abstractmethod
+    def rule(self, coef: float, entropy: float, target: float) -> float:
+        """The next coefficient."""
+
+    def check_coef(self, coef: float, where: str) -> None:
+        """Raise a clear error when a starting coefficient is outside the controller's range."""
+
+    # -- naming and state -----------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return type(self).__qualname__ + (f"[{self.name}]" if self.name else "")
+
+    def metric(self, what: str) -> str:
+        return f"ctrl/{self.name}/{what}" if self.name else f"ctrl/{what}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "coef": self.coef,
+            "initial_entropy": self.initial_entropy,
+            "updates": self.updates,
+            "last_entropy": self.last_entropy,
+            "last_target": self.last_target,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.coef = None if state.get("coef") is None else float(state["coef"])
+        self.initial_entropy = None if state.get("initial_entropy") is None else float(state["initial_entropy"])
+        self.updates = int(state.get("updates", 0))
+        self.last_entropy = state.get("last_entropy")
+        self.last_target = state.get("last_target")
+        self._restored = self.coef is not None
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def bind(self, objective: Any) -> None:
+        """Find the one piece to adapt; a clear error when there is none or several."""
+        found = self.pieces(objective)
+        if not found:
+            pieces = ", ".join(type(p).__name__ for p in objective._pieces().values()) or "nothing"
+            raise ValueError(
+                f"{type(self).__name__} adapts {self.coef_name} but the objective has no piece with it (it has: "
+                f"{pieces}); compose the matching method config, e.g. --config {self.method_yaml}"
+            )
+        if len(found) > 1:
+            names = ", ".join(type(p).__name__ for p, _ in found)
+            raise ValueError(f"{type(self).__name__}: the objective has several pieces it could adapt ({names}); keep one")
+        self._piece, self._attr = found[0]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        objective = getattr(pl_module, "objective", None)
+        if objective is None:
+            raise ValueError(f"{type(self).__name__} needs a module with an `objective` (epr_lightning.module.RLModule)")
+        self.bind(objective)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        current = float(getattr(self._piece, self._attr))
+        if self._restored:
+            if not math.isclose(current, self.coef, rel_tol=1e-9, abs_tol=1e-12):
+                rank_zero_warn(
+                    f"{type(self).__name__}: restored {self.coef_name}={self.coef!r} differs from the objective's "
+                    f"{current!r}; using the controller's value"
+                )
+        else:
+            if self.coef is None:
+                self.coef = current
+            self.check_coef(self.coef, f"{type(self._piece).__name__}.{self._attr}")
+        setattr(self._piece, self._attr, self.coef)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        record = get_record(outputs)
+        if record is None:
+            return
+        h = iteration_entropy(record, self.entropy_source, pl_module.device)
+        if self.initial_entropy is None:
+            if record.iteration != 0:
+                rank_zero_warn(
+                    f"{type(self).__name__}: no iteration-0 entropy (controller added mid-run?); measuring H* from "
+                    f"iteration {record.iteration}"
+                )
+            self.initial_entropy = h
+        target = float(self.target.value(record.iteration, self.initial_entropy))
+        self.coef = float(self.rule(self.coef, h, target))
+        setattr(self._piece, self._attr, self.coef)
+        self.updates += 1
+        self.last_entropy, self.last_target = h, target
+        for what, value in (
+            (self.coef_name, self.coef),
+            ("target_entropy", target),
+            ("entropy_error", h - target),
+        ):
+            pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
+
+
+class REPOZetaController(EntropyController):
+    """The REPO ζ controller (paper.md §5): entropy below H* doubles ζ, above halves it, on a signed log scale.
+
+    Adapts ``REPOR.zeta`` or ``REPOD.zeta`` (the REPO-D YAML uses bounds [1e-3, 10]); on a general ``REPO``
+    transform it adapts ``beta`` with the same rule (our extension [X]; set bounds in β's units).
+
+    Args:
+        target: H* (default: the iteration-0 entropy).
+        zeta_min: smallest |ζ| (> 0); a halving below it flips the sign.
+        zeta_max: largest |ζ| (> zeta_min).
+        initial_zeta: starting ζ (None = the transform's configured value); |initial_zeta| ≤ zeta_max.
+        tolerance: no change while |H − H*| ≤ tolerance·H* (0 = the paper's rule).
+        entropy_source: ``exact`` (full-vocab H) or ``mc`` (mean −log π of sampled tokens).
+        name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+    """
+
+    method_yaml = "configs/method/repo_r.yaml"
+
+    def __init__(
+        self,
+        target: EntropyTarget | None = None,
+        zeta_min: float = 1e-4,
+        zeta_max: float = 0.05,
+        initial_zeta: float | None = None,
+        tolerance: float = 0.0,
+        entropy_source: EntropySource = "exact",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(target, entropy_source, tolerance, name)
+        self.zeta_min = _positive("zeta_min", zeta_min)
+        self.zeta_max = _positive("zeta_max", zeta_max)
+        if not self.zeta_min < self.zeta_max:
+            raise ValueError(f"zeta_min must be < zeta_max, got zeta_min={zeta_min!r}, zeta_max={zeta_max!r}")
+        if initial_zeta is not None:
+            self.check_coef(float(initial_zeta), "initial_zeta")
+            self.coef = float(initial_zeta)
+
+    @property
+    def coef_name(self) -> str:  # type: ignore[override]
+        return self._attr or "zeta"
+
+    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
+        from epr_lightning.objectives.repo import REPO, REPOD, REPOR
+
+        return [(p, "zeta") for p in objective.find(REPOR) + objective.find(REPOD)] + [
+            (p, "beta") for p in objective.find(REPO)
+        ]
+
+    def check_coef(self, coef: float, where: str) -> None:
+        if not (math.isfinite(coef) and abs(coef) <= self.zeta_max):
+            raise ValueError(
+                f"{where}={coef!r} is outside the controller's range |ζ| ≤ zeta_max={self.zeta_max} "
+                "(REPO-D uses zeta_min=1e-3, zeta_max=10: configs/method/repo_d.yaml)"
+            )
+
+    def rule(self, coef: float, entropy: float, target: float) -> float:
+        return zeta_step(coef, entropy, target, self.zeta_min, self.zeta_max, self.tolerance)
+
+
+class ClipHigherController(EntropyController):
+    """ADAPO [X] (our design, paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, eps_high_max) once per iteration.
+
+    Raises ε_high while entropy is below H*, lowers it while above. Adapts ``PPOClipLoss`` or ``GSPOLoss``
+    (also when wrapped by Clip-Cov/KL-Cov); ε_low is read from that loss and stays fixed.
+
+    Args:
+        target: H* (default: the iteration-0 entropy).
+        kappa: multiplicative step (> 1); 2 mirrors the ζ controller, 1.1–1.25 is gentler.
+        eps_high_max: upper bound of ε_high.
+        initial_eps_high: starting ε_high (None = the loss's configured value).
+        tolerance: no change while |H − H*| ≤ tolerance·H*.
+        entropy_source: ``exact`` or ``mc``.
+        name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+    """
+
+    coef_name = "eps_high"
+    method_yaml = "configs/method/adapo.yaml"
+
+    def __init__(
+        self,
+        target: EntropyTarget | None = None,
+        kappa: float = 1.25,
+        eps_high_max: float = 1.0,
+        initial_eps_high: float | None = None,
+        tolerance: float = 0.0,
+        entropy_source: EntropySource = "exact",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(target, entropy_source, tolerance, name)
+        self.kappa = _positive("kappa", kappa)
+        if not self.kappa > 1:
+            raise ValueError(f"kappa must be > 1 (the multiplicative step), got {kappa!r}")
+        self.eps_high_max = _positive("eps_high_max", eps_high_max)
+        if initial_eps_high is not None:
+            self.coef = _positive("initial_eps_high", initial_eps_high)
+
+    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
+        from epr_lightning.objectives.losses import GSPOLoss, PPOClipLoss
+
+        return [(p, "eps_high") for p in objective.find(PPOClipLoss) + objective.find(GSPOLoss)]
+
+    def check_coef(self, coef: float, where: str) -> None:
+        low = float(self._piece.eps_low)
+        if not (low <= coef <= self.eps_high_max) or coef <= 0:
+            raise ValueError(f"{where}={coef!r} must be > 0 and within [eps_low={low}, eps_high_max={self.eps_high_max}]")
+
+    def rule(self, coef: float, entropy: float, target: float) -> float:
+        return clip_higher_step(
+            coef, entropy, target, float(self._piece.eps_low), self.eps_high_max, self.kappa, self.tolerance
+        )
+
+
+class AdaptiveEntropyBonus(EntropyController):
+    """Adaptive entropy-bonus coefficient (Skywork-OR1; TRL-style): coef += δ below H*, −= δ above, clipped.
+
+    Adapts ``EntropyBonus.coef`` (an explicit −coef·H loss term; needs full logits).
+
+    Args:
+        target: H* (default: the iteration-0 entropy).
+        delta: additive step per iteration (> 0).
+        coef_min: lower bound (>= 0).
+        coef_max: upper bound (> coef_min).
+        initial_coef: starting coefficient (None = the term's configured value).
+        tolerance: no change while |H − H*| ≤ tolerance·H*.
+        entropy_source: ``exact`` or ``mc``.
+        name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+    """
+
+    coef_name = "entropy_coef"
+    method_yaml = "configs/method/adaptive_entropy_bonus.yaml"
+
+    def __init__(
+        self,
+        target: EntropyTarget | None = None,
+        delta: float = 1e-3,
+        coef_min: float = 0.0,
+        coef_max: float = 0.05,
+        initial_coef: float | None = None,
+        tolerance: float = 0.0,
+        entropy_source: EntropySource = "exact",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(target, entropy_source, tolerance, name)
+        self.delta = _positive("delta", delta)
+        self.coef_min = float(coef_min)
+        self.coef_max = _positive("coef_max", coef_max)
+        if not (math.isfinite(self.coef_min) and 0 <= self.coef_min < self.coef_max):
+            raise ValueError(f"need 0 <= coef_min < coef_max, got coef_min={coef_min!r}, coef_max={coef_max!r}")
+        if initial_coef is not None:
+            self.check_coef(float(initial_coef), "initial_coef")
+            self.coef = float(initial_coef)
+
+    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
+        from epr_lightning.objectives.entropy_terms import EntropyBonus
+
+        return [(p, "coef") for p in objective.find(EntropyBonus)]
+
+    def check_coef(self, coef: float, where: str) -> None:
+        if not (self.coef_min <= coef <= self.coef_max):
+            raise ValueError(f"{where}={coef!r} must be within [coef_min={self.coef_min}, coef_max={self.coef_max}]")
+
+    def rule(self, coef: float, entropy: float, target: float) -> float:
+        return adaptive_bonus_step(coef, entropy, target, self.delta, self.coef_min, self.coef_max, self.tolerance)

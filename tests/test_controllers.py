@@ -1,0 +1,236 @@
+"""Controller rules (paper.md §5/§6/§11) and the callbacks' plumbing on a fake module."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from epr_lightning.callbacks import (
+    AdaptiveEntropyBonus,
+    ClipHigherController,
+    FixedEntropy,
+    REPOZetaController,
+    adaptive_bonus_step,
+    clip_higher_step,
+    entropy_direction,
+    zeta_step,
+)
+from epr_lightning.callbacks.controllers import iteration_entropy
+from epr_lightning.objectives import REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss, REPO
+from epr_lightning.record import StepRecord
+
+ZMIN, ZMAX = 1e-4, 0.05
+BELOW, ABOVE, EQUAL = (1.0, 2.0), (3.0, 2.0), (2.0, 2.0)  # (H, H*)
+
+
+# -------------------------------------------------------------------------- paper.md §11 controller table
+@pytest.mark.parametrize(
+    "zeta, where, expected",
+    [
+        (1e-3, BELOW, 2e-3),
+        (1e-3, ABOVE, 5e-4),
+        (1e-3, EQUAL, 1e-3),
+        (0.04, BELOW, 0.05),  # cap
+        (1e-4, ABOVE, -1e-4),  # sign flip
+        (-1e-4, BELOW, 1e-4),  # sign flip
+        (0.0, BELOW, 1e-4),
+        (0.0, ABOVE, -1e-4),
+        (-0.03, ABOVE, -0.05),  # cap
+    ],
+)
+def test_zeta_step_reproduces_the_paper_table(zeta, where, expected):
+    assert zeta_step(zeta, *where, ZMIN, ZMAX) == pytest.approx(expected, abs=1e-15)
+
+
+def test_zeta_step_walks_the_signed_log_scale():
+    # from +0.05 a run of "above" halves down to 1e-4 (0.05/2^9 = 9.8e-5 < 1e-4 -> flips), then doubles to -0.05
+    z, path = 0.05, []
+    for _ in range(20):
+        z = zeta_step(z, *ABOVE, ZMIN, ZMAX)
+        path.append(z)
+    assert path[:3] == pytest.approx([0.025, 0.0125, 0.00625])
+    flip = next(i for i, v in enumerate(path) if v < 0)
+    assert path[flip] == -ZMIN and path[flip - 1] == pytest.approx(0.05 / 2**8)  # 1.95e-4, halving -> 9.8e-5
+    assert path[-1] == -ZMAX and all(abs(v) >= ZMIN for v in path)
+
+
+def test_tolerance_band_holds_the_coefficient():
+    # |H - H*| = 0.05 <= 0.1 * 1.0 -> hold; 0.2 > 0.1 -> move
+    assert entropy_direction(0.95, 1.0, tolerance=0.1) == 0
+    assert entropy_direction(0.8, 1.0, tolerance=0.1) == 1
+    assert entropy_direction(1.2, 1.0, tolerance=0.1) == -1
+    assert zeta_step(1e-3, 0.95, 1.0, ZMIN, ZMAX, tolerance=0.1) == 1e-3
+
+
+def test_clip_higher_rises_below_falls_above_and_stays_in_bounds():
+    # 0.28 * 1.25 = 0.35 ; 0.28 / 1.25 = 0.224 ; 0.21 / 1.25 = 0.168 -> floor eps_low 0.2 ; 0.9*1.25 -> cap 1.0
+    assert clip_higher_step(0.28, *BELOW, eps_low=0.2) == pytest.approx(0.35)
+    assert clip_higher_step(0.28, *ABOVE, eps_low=0.2) == pytest.approx(0.224)
+    assert clip_higher_step(0.28, *EQUAL, eps_low=0.2) == pytest.approx(0.28)
+    assert clip_higher_step(0.21, *ABOVE, eps_low=0.2) == pytest.approx(0.2)
+    assert clip_higher_step(0.9, *BELOW, eps_low=0.2, eps_high_max=1.0) == pytest.approx(1.0)
+    assert clip_higher_step(0.28, *BELOW, eps_low=0.2, kappa=2.0) == pytest.approx(0.56)
+    eps = 0.28
+    for h in [1.0] * 30 + [3.0] * 30:
+        eps = clip_higher_step(eps, h, 2.0, eps_low=0.2, eps_high_max=1.0)
+        assert 0.2 <= eps <= 1.0
+
+
+def test_adaptive_bonus_additive_steps_with_clipping():
+    # 0.01 + 0.005 = 0.015 ; 0.01 - 0.005 = 0.005 ; 0.002 - 0.005 -> 0 ; 0.049 + 0.005 -> 0.05
+    assert adaptive_bonus_step(0.01, *BELOW, delta=0.005, coef_max=0.05) == pytest.approx(0.015)
+    assert adaptive_bonus_step(0.01, *ABOVE, delta=0.005, coef_max=0.05) == pytest.approx(0.005)
+    assert adaptive_bonus_step(0.002, *ABOVE, delta=0.005, coef_max=0.05) == 0.0
+    assert adaptive_bonus_step(0.049, *BELOW, delta=0.005, coef_max=0.05) == pytest.approx(0.05)
+
+
+# -------------------------------------------------------------------------- callbacks on a fake module
+def record(iteration, entropy_value, logp_value=-1.0):
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    return StepRecord(
+        iteration=iteration,
+        input_ids=torch.zeros(2, 3, dtype=torch.long),
+        loss_mask=mask,
+        group_index=torch.tensor([0, 0]),
+        rewards=torch.zeros(2),
+        correct=torch.zeros(2, dtype=torch.bool),
+        seq_advantages=torch.zeros(2),
+        token_advantages=torch.zeros(2, 3),
+        entropy=torch.full((2, 3), entropy_value) * mask,
+        old_logp=torch.full((2, 3), logp_value) * mask,
+        sampler_logp=torch.zeros(2, 3),
+        clip_upper=None,
+        clip_lower=None,
+        prompts=["p"],
+        completions=["a", "b"],
+        answers=[None, None],
+        num_prompts=1,
+        num_generations=2,
+    )
+
+
+class FakeModule:
+    def __init__(self, objective):
+        self.objective = objective
+        self.device = torch.device("cpu")
+        self.logged = {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = float(value)
+
+
+def drive(controller, module, entropies):
+    controller.setup(None, module, "fit")
+    controller.on_train_start(None, module)
+    for i, h in enumerate(entropies):
+        controller.on_train_batch_end(None, module, {"record": record(i, h)}, None, i)
+
+
+def test_iteration_entropy_exact_and_mc():
+    # 3 masked tokens with H = 2 -> 2 ; -log pi = 0.5 on each -> 0.5
+    rec = record(0, 2.0, logp_value=-0.5)
+    assert iteration_entropy(rec, "exact") == pytest.approx(2.0)
+    assert iteration_entropy(rec, "mc") == pytest.approx(0.5)
+
+
+def test_zeta_controller_measures_h_star_at_iteration0_and_writes_the_transform():
+    repo_r = REPOR(zeta=1e-3)
+    module = FakeModule(Objective(transforms=[repo_r]))
+    ctrl = REPOZetaController()
+    # iteration 0: H = H* = 2 -> unchanged; then below, below, above
+    drive(ctrl, module, [2.0, 1.5, 1.5, 2.5])
+    assert ctrl.initial_entropy == 2.0
+    assert repo_r.zeta == pytest.approx(2e-3) and ctrl.coef == repo_r.zeta  # 1e-3 -> 2e-3 -> 4e-3 -> 2e-3
+    assert module.logged["ctrl/zeta"] == pytest.approx(2e-3)
+    assert module.logged["ctrl/target_entropy"] == 2.0
+    assert module.logged["ctrl/entropy_error"] == pytest.approx(0.5)
+    assert ctrl.updates == 4
+
+
+def test_zeta_controller_adapts_repo_d_and_repo_beta():
+    repo_d = REPOD(zeta=1.0)
+    drive(REPOZetaController(zeta_min=1e-3, zeta_max=10.0), FakeModule(Objective(transforms=[repo_d])), [2.0, 1.0])
+    assert repo_d.zeta == 2.0
+    repo = REPO(beta=0.01)
+    module = FakeModule(Objective(transforms=[repo]))
+    drive(REPOZetaController(), module, [2.0, 3.0])
+    assert repo.beta == pytest.approx(0.005) and "ctrl/beta" in module.logged
+
+
+def test_initial_zeta_and_fixed_target():
+    repo_r = REPOR(zeta=1e-3)
+    drive(REPOZetaController(target=FixedEntropy(5.0), initial_zeta=0.01), FakeModule(Objective(transforms=[repo_r])), [2.0])
+    assert repo_r.zeta == pytest.approx(0.02)  # 2 < 5 at iteration 0 already -> doubled from the initial 0.01
+
+
+def test_clip_higher_controller_adapts_ppo_eps_high():
+    loss = PPOClipLoss(eps_low=0.2, eps_high=0.28)
+    module = FakeModule(Objective(loss=loss))
+    drive(ClipHigherController(), module, [2.0, 1.0, 1.0])
+    assert loss.eps_high == pytest.approx(0.28 * 1.25**2)
+    assert module.logged["ctrl/eps_high"] == pytest.approx(0.4375)
+
+
+def test_adaptive_bonus_controller_adapts_the_entropy_term():
+    bonus = EntropyBonus(coef=0.0)
+    drive(AdaptiveEntropyBonus(delta=0.01), FakeModule(Objective(terms=[bonus])), [2.0, 1.0, 1.0, 3.0])
+    assert bonus.coef == pytest.approx(0.01)  # 0 -> 0 -> .01 -> .02 -> .01
+
+
+def test_missing_piece_names_the_yaml():
+    with pytest.raises(ValueError, match="configs/method/repo_r.yaml"):
+        REPOZetaController().setup(None, FakeModule(Objective()), "fit")
+    with pytest.raises(ValueError, match="adaptive_entropy_bonus.yaml"):
+        AdaptiveEntropyBonus().setup(None, FakeModule(Objective()), "fit")
+    with pytest.raises(ValueError, match="several"):
+        REPOZetaController().setup(None, FakeModule(Objective(transforms=[REPOR(), REPOD()])), "fit")
+
+
+def test_out_of_range_starting_zeta_points_to_repo_d_yaml():
+    module = FakeModule(Objective(transforms=[REPOD(zeta=1.0)]))
+    ctrl = REPOZetaController()  # REPO-R bounds, |zeta| <= 0.05
+    ctrl.setup(None, module, "fit")
+    with pytest.raises(ValueError, match="repo_d.yaml"):
+        ctrl.on_train_start(None, module)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: REPOZetaController(zeta_min=0.1, zeta_max=0.05), "zeta_min must be < zeta_max"),
+        (lambda: REPOZetaController(zeta_min=0.0), "zeta_min"),
+        (lambda: REPOZetaController(initial_zeta=0.5), "initial_zeta"),
+        (lambda: REPOZetaController(entropy_source="sampled"), "entropy_source"),
+        (lambda: REPOZetaController(tolerance=-1.0), "tolerance"),
+        (lambda: ClipHigherController(kappa=1.0), "kappa"),
+        (lambda: AdaptiveEntropyBonus(delta=0.0), "delta"),
+        (lambda: AdaptiveEntropyBonus(coef_min=0.1, coef_max=0.05), "coef_min"),
+    ],
+)
+def test_bad_controller_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_state_round_trip_pushes_the_restored_coefficient():
+    repo_r = REPOR(zeta=1e-3)
+    ctrl = REPOZetaController()
+    drive(ctrl, FakeModule(Objective(transforms=[repo_r])), [2.0, 1.0, 1.0])
+    state = ctrl.state_dict()
+    assert state == {"coef": 4e-3, "initial_entropy": 2.0, "updates": 3, "last_entropy": 1.0, "last_target": 2.0}
+    fresh_piece = REPOR(zeta=1e-3)  # e.g. an objective built from YAML before the restore
+    fresh = REPOZetaController()
+    fresh.load_state_dict(state)
+    module = FakeModule(Objective(transforms=[fresh_piece]))
+    with pytest.warns(UserWarning, match="differs"):
+        fresh.setup(None, module, "fit")
+        fresh.on_train_start(None, module)
+    assert fresh_piece.zeta == 4e-3
+    fresh.on_train_batch_end(None, module, {"record": record(3, 1.0)}, None, 3)
+    assert fresh_piece.zeta == 8e-3 and fresh.initial_entropy == 2.0  # H* is not re-measured
+
+
+def test_state_keys_distinguish_named_controllers():
+    assert REPOZetaController().state_key == "REPOZetaController"
+    named = ClipHigherController(name="adapo")
+    assert named.state_key == "ClipHigherController[adapo]" and named.metric("eps_high") == "ctrl/adapo/eps_high"
