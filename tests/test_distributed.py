@@ -151,13 +151,30 @@ def _fsdp_worker(out: str) -> None:
         result[f"{dtype}/grad_diff"] = grad_diff
         result[f"{dtype}/logp_is_fp32"] = float(lp.dtype == torch.float32 and ent.dtype == torch.float32)
         result[f"{dtype}/grad_scale"] = max(float(q.grad.abs().max()) for q in ref.parameters())
+    # LoRA under FSDP2: the peft wrapper is the root; merged weights gather DTensors on every rank
+    from epr_lightning.lora import LoRAConfig, apply_lora, merged_state_dict
+
+    lora_ref = apply_lora(copy.deepcopy(base), LoRAConfig(r=2, target_modules=["q_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in lora_ref.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=gen)
+    lora = copy.deepcopy(lora_ref)
+    shard_policy(lora, mesh, FSDP2Config())
+    lp, _ = token_logprobs_and_entropy(lora, ids[rank], torch.ones_like(ids[rank]), mask)
+    ref_lp, _ = token_logprobs_and_entropy(lora_ref, ids[rank], torch.ones_like(ids[rank]), mask)
+    merged, ref_merged = merged_state_dict(lora), merged_state_dict(lora_ref)
+    result["lora/logp_diff"] = float((lp - ref_lp).abs().max())
+    result["lora/same_keys"] = float(merged.keys() == ref_merged.keys() == base.state_dict().keys())
+    result["lora/merged_diff"] = max(float((merged[k] - ref_merged[k]).abs().max()) for k in ref_merged)
+    result["lora/plain_tensors"] = float(all(type(v) is torch.Tensor for v in merged.values()))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
 @pytest.mark.distributed
-def test_fsdp2_logprobs_and_grads_equal_unsharded(tmp_path: Path) -> None:
+def test_fsdp2_logprobs_grads_and_lora_merge_equal_unsharded(tmp_path: Path) -> None:
     out = tmp_path / "fsdp.json"
     env = {**os.environ, "EPR_FSDP_WORKER_OUT": str(out), "OMP_NUM_THREADS": "1"}
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
@@ -170,6 +187,10 @@ def test_fsdp2_logprobs_and_grads_equal_unsharded(tmp_path: Path) -> None:
     # bf16 gathered params: log-probs still come back fp32, close to (but not equal to) the fp32 model
     assert res["bfloat16/logp_is_fp32"] == 1.0
     assert 0 < res["bfloat16/logp_diff"] < 0.1
+    # a sharded peft model: same log-probs, and merged weights are full plain tensors equal to unsharded ones
+    assert res["lora/logp_diff"] <= 1e-6
+    assert res["lora/same_keys"] == 1.0 and res["lora/plain_tensors"] == 1.0
+    assert res["lora/merged_diff"] == 0.0
 
 
 # ---------------------------------------------------------------- config and block discovery (no processes)
