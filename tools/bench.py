@@ -1,0 +1,228 @@
+"""Benchmarks, printed as ratios measured within one run (machines are noisy; nothing here is a test).
+
+1. Step overhead: our full training step vs raw ``generate`` + one raw forward/backward over the same tokens
+   (goal: step / (generate + fwd/bwd) ≤ 1.10).
+2. Monitoring overhead: time spent in the monitoring callbacks (entropy, diversity, precision, samples) at
+   their default settings as a share of the step time (goal: ≤ 5%).
+3. Memory: peak memory of the chunked fp32 log-prob + entropy pass (forward and backward) against
+   materialising full fp32 logits, at batch×length = 8192 tokens and a 49,152 vocabulary (goal: ≤ 1/4).
+   Each variant runs in a fresh subprocess and reports its peak RSS growth (CPU) or peak CUDA allocation.
+
+Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--skip-memory]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------- step overhead
+def _timed(fn, *args, **kwargs) -> float:
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+class StepTimer:
+    """Lightning callback (put first) timing ``training_step`` and the monitoring callbacks' hooks."""
+
+    def __init__(self, monitors: list[Any]) -> None:
+        import lightning.pytorch as pl
+
+        outer = self
+
+        class _Timer(pl.Callback):
+            def on_train_batch_start(self, *a: Any) -> None:
+                outer._t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                outer.steps.append(time.perf_counter() - outer._t0)
+                outer.last_batch = batch
+                outer.monitor_time.append(0.0)
+
+        self.callback = _Timer()
+        self.steps: list[float] = []
+        self.monitor_time: list[float] = []
+        self.last_batch: Any = None
+        for cb in monitors:
+            original = cb.on_train_batch_end
+
+            def wrapped(*a: Any, _orig=original, **k: Any) -> None:
+                t0 = time.perf_counter()
+                _orig(*a, **k)
+                self.monitor_time[-1] += time.perf_counter() - t0
+
+            cb.on_train_batch_end = wrapped
+
+
+def bench_step(model: str, iterations: int, prompts: int, generations: int, new_tokens: int) -> dict[str, float]:
+    import lightning.pytorch as pl
+
+    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
+    from epr_lightning.data import PromptDataModule
+    from epr_lightning.models import PackagedSmolLM2, TinyModel
+    from epr_lightning.module import RLModule
+    from epr_lightning.rollout.base import SamplingParams
+    from epr_lightning.tasks.arithmetic import ArithmeticTask
+
+    policy = (
+        PackagedSmolLM2()
+        if model == "smollm2"
+        else TinyModel(hidden_size=256, intermediate_size=512, num_layers=4, vocab_size=49152)
+    )
+    module = RLModule(
+        policy=policy,
+        sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
+        num_generations=generations,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
+    )
+    data = PromptDataModule(ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations)
+    monitors = [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
+    timer = StepTimer(monitors)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer.callback, *monitors],
+    )
+    trainer.fit(module, datamodule=data)
+
+    # Raw baselines on the same prompts and the same policy, same sampling settings.
+    examples = module.admit_prompts(timer.last_batch)
+    prompt_ids = [e.meta["_prompt_ids"] for e in examples]
+    rollout = module.engine.generate(prompt_ids, module.sampling, generations, model=module.policy)
+    tokens = rollout.to_batch(module.pad_id)
+    policy_model = module.policy
+    flat = [p for p in prompt_ids for _ in range(generations)]
+    width = max(map(len, flat))
+    ids = torch.full((len(flat), width), module.pad_id)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(flat):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        attn[i, width - len(p) :] = 1
+
+    def raw_generate() -> None:
+        with torch.no_grad():
+            policy_model.generate(
+                input_ids=ids, attention_mask=attn, do_sample=True, top_k=0, max_new_tokens=new_tokens,
+                pad_token_id=module.pad_id, eos_token_id=module.tokenizer.eos_token_id,
+            )
+
+    def raw_fwd_bwd() -> None:
+        logits = policy_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens.input_ids[:, 1:, None]).squeeze(-1)
+        loss = -(logp * tokens.loss_mask[:, 1:]).sum() / tokens.loss_mask.sum()
+        loss.backward()
+        policy_model.zero_grad(set_to_none=True)
+
+    gen = statistics.median(_timed(raw_generate) for _ in range(3))
+    fb = statistics.median(_timed(raw_fwd_bwd) for _ in range(3))
+    steps = timer.steps[1:] or timer.steps  # the first iteration warms up
+    step = statistics.median(steps)
+    monitor = statistics.median(timer.monitor_time[1:] or timer.monitor_time)
+    return {
+        "tokens_generated": float(tokens.loss_mask.sum()),
+        "raw_generate_s": gen,
+        "raw_fwd_bwd_s": fb,
+        "step_s": step,
+        "step_ratio": step / (gen + fb),
+        "monitor_s": monitor,
+        "monitor_share": monitor / step,
+    }
+
+
+# ----------------------------------------------------------------------------------------- memory
+MEMORY_CHILD = r"""
+import json, resource, sys, torch
+from epr_lightning.logprobs import chunked_logprobs_entropy
+variant, tokens, vocab, hidden = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+torch.manual_seed(0)
+# in-place initialisation: no temporaries that would raise the high-water mark before the baseline
+h = torch.empty(tokens, hidden, device=dev).normal_(0, 0.1).requires_grad_(True)
+w = torch.empty(vocab, hidden, device=dev).normal_(0, 0.02).requires_grad_(True)
+t = torch.randint(0, vocab, (tokens,), device=dev)
+# gradients are allocated by both variants alike; pre-allocate them so they sit inside the baseline
+h.grad = torch.zeros_like(h); w.grad = torch.zeros_like(w)
+def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if dev == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+else: base = rss()
+if variant == "naive":
+    logits = (h @ w.T).float()
+    logz = torch.logsumexp(logits, -1)
+    lp = logits.gather(-1, t[:, None]).squeeze(-1) - logz
+    ent = logz - (torch.softmax(logits, -1) * logits).sum(-1)
+else:
+    lp, ent = chunked_logprobs_entropy(h, t, w, chunk_size=1024)
+(lp.sum() + 0.01 * ent.sum()).backward()
+peak = (torch.cuda.max_memory_allocated() if dev == "cuda" else rss()) - base
+print(json.dumps({"peak_bytes": peak, "device": dev}))
+"""
+
+
+def bench_memory(tokens: int = 8192, vocab: int = 49152, hidden: int = 576) -> dict[str, float]:
+    out = {}
+    for variant in ("naive", "chunked"):
+        proc = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, variant, str(tokens), str(vocab), str(hidden)],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )
+        out[variant] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return {"naive_peak_mb": out["naive"] / 2**20, "chunked_peak_mb": out["chunked"] / 2**20,
+            "memory_ratio": out["chunked"] / out["naive"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="tiny = 4-layer random Llama with a 49k vocabulary; smollm2 = the packaged model")
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-step", action="store_true")
+    args = parser.parse_args(argv)
+    from epr_lightning.cli import _quiet_libraries
+
+    _quiet_libraries()
+    ok = True
+    if not args.skip_step:
+        r = bench_step(args.model, args.iterations, args.prompts, args.generations, args.new_tokens)
+        print(f"[step] model={args.model} prompts={args.prompts}x{args.generations} new_tokens<={args.new_tokens} "
+              f"tokens={r['tokens_generated']:.0f}")
+        print(f"  raw generate        {r['raw_generate_s']:.3f} s")
+        print(f"  raw forward+backward{r['raw_fwd_bwd_s']:8.3f} s")
+        print(f"  our training step   {r['step_s']:.3f} s")
+        print(f"  ratio step/(gen+fb) {r['step_ratio']:.3f}   (goal <= 1.10) {'OK' if r['step_ratio'] <= 1.10 else 'OVER'}")
+        print(f"  monitoring          {r['monitor_s']:.3f} s = {100 * r['monitor_share']:.1f}% of the step "
+              f"(goal <= 5%) {'OK' if r['monitor_share'] <= 0.05 else 'OVER'}")
+        ok &= r["step_ratio"] <= 1.10 and r["monitor_share"] <= 0.05
+    if not args.skip_memory:
+        m = bench_memory()
+        print("[memory] 8192 tokens x 49152 vocab, hidden 576, forward+backward of log-probs and entropy")
+        print(f"  full fp32 logits    {m['naive_peak_mb']:.0f} MiB")
+        print(f"  chunked fp32 pass   {m['chunked_peak_mb']:.0f} MiB")
+        print(f"  ratio               {m['memory_ratio']:.3f}   (goal <= 0.25) {'OK' if m['memory_ratio'] <= 0.25 else 'OVER'}")
+        ok &= m["memory_ratio"] <= 0.25
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
