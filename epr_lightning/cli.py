@@ -12,8 +12,13 @@ import warnings
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning 2.6 uses deprecated jsonargparse calls
 
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from epr_lightning.checkpointing import RolloutCheckpoint, install_atomic_checkpoint_io
 from epr_lightning.data import PromptDataModule
 from epr_lightning.module import RLModule
 
@@ -22,7 +27,15 @@ USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError)
 
 
 class EPRLightningCLI(LightningCLI):
-    """LightningCLI with the project's defaults (seeded, configs saved next to the logs)."""
+    """LightningCLI with the project's defaults (seeded, configs saved next to the logs).
+
+    Reliability defaults, each switchable in YAML or on the command line:
+
+    * no ``ModelCheckpoint`` in ``trainer.callbacks`` (and ``trainer.enable_checkpointing`` not false) →
+      a ``RolloutCheckpoint()`` (``last.ckpt`` after every rollout iteration) is added;
+    * ``graceful_stop: true`` → a ``GracefulStop()`` is added unless one is configured;
+    * ``atomic_checkpoints: true`` → checkpoints are written to a temp file and renamed into place.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.set_defaults(
@@ -31,6 +44,37 @@ class EPRLightningCLI(LightningCLI):
                 "trainer.num_sanity_val_steps": 0,
             }
         )
+        parser.add_argument(
+            "--graceful_stop",
+            type=bool,
+            default=True,
+            help="On SIGTERM/SIGINT finish the iteration, checkpoint and exit 0 (adds callbacks.GracefulStop).",
+        )
+        parser.add_argument(
+            "--atomic_checkpoints",
+            type=bool,
+            default=True,
+            help="Write checkpoints to a temp file, fsync, then rename (a kill never leaves a torn file).",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        from epr_lightning.callbacks import GracefulStop
+
+        trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer_cfg.get("enable_checkpointing") is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
+            callbacks.append(RolloutCheckpoint())
+        if self._get(self.config_init, "graceful_stop", default=True) and not any(
+            isinstance(c, GracefulStop) for c in callbacks
+        ):
+            callbacks.append(GracefulStop())
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        if self._get(self.config_init, "atomic_checkpoints", default=True):
+            install_atomic_checkpoint_io(trainer)
+        return trainer
 
 
 def _quiet_libraries() -> None:

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
 from epr_lightning.lora import LoRAConfig, apply_lora
 from epr_lightning.models import PackagedSmolLM2, PolicySource, encode_prompts
 from epr_lightning.objectives.objective import Objective
@@ -322,6 +323,7 @@ class RLModule(pl.LightningModule):
             "engine": self.engine.state_dict() if hasattr(self.engine, "state_dict") else {},
             "nonfinite_total": self.nonfinite_total,
             "skipped_prompts": self.skipped_prompts,
+            "rng": capture_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -334,6 +336,8 @@ class RLModule(pl.LightningModule):
             self.engine.load_state_dict(state["engine"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.skipped_prompts = int(state.get("skipped_prompts", 0))
+        if "rng" in state:
+            restore_rng_state(state["rng"])
 
     def on_train_start(self) -> None:
         # A resumed or freshly built policy must be what the engine samples from.
