@@ -16,4 +16,3 @@ from .controllers import (  # noqa: E402
 from .targets import EntropyTarget, FixedEntropy, InitialEntropy, ScheduledEntropy  # noqa: E402
 from .graceful import GracefulStop  # noqa: E402
 from .dynamics import EntropyDynamics  # noqa: E402
-from .graceful import GracefulStop  # noqa: E402
