@@ -103,3 +103,29 @@ def test_invalid_values_are_named(tmp_path, capsys, flag, value, needle):
     assert exc.value.code != 0
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_plot_runs_from_two_real_tiny_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "tools/plot_runs.py")
+    plot_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_runs)
+    runs = []
+    for name, extra in (("grpo", []), ("repo_r", ["--config", str(ROOT / "configs/method/repo_r.yaml")])):
+        out = fit_tiny(tmp_path / name, *extra, "--trainer.limit_val_batches", "1")
+        runs.append(str(out))
+    assert plot_runs.main([*runs, "--out", str(tmp_path / "plots")]) in (0, None)
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"entropy.png", "reward.png", "reward_vs_entropy.png"} <= names, names
+    assert all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_print_config_shows_composed_method(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "configs/tiny_cpu.yaml"), "--config", str(ROOT / "configs/method/repo_r.yaml"),
+              "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "epr_lightning.objectives.REPOR" in out and "REPOZetaController" in out and "Checkpoint" in out
