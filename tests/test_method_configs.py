@@ -1,0 +1,115 @@
+"""Every shipped YAML composes with configs/tiny_cpu.yaml; method configs build the objective they claim and
+never replace the base config's checkpoint callback (controllers come from ``RLModule.configure_callbacks``)."""
+
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from epr_lightning.callbacks import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
+from epr_lightning.cli import build_cli
+from epr_lightning.objectives import (
+    REPO,
+    REPOD,
+    REPOR,
+    ClipCovLoss,
+    EntropyBonus,
+    GSPOLoss,
+    KLCovLoss,
+    PPOClipLoss,
+    REINFORCELoss,
+    RLOOAdvantage,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs" / "tiny_cpu.yaml"
+ALL_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+METHODS = sorted((ROOT / "configs" / "method").glob("*.yaml"))
+
+
+def compose(*configs, extra=()):
+    args = []
+    for c in configs:
+        args += ["--config", str(c)]
+    return build_cli([*args, "--trainer.logger", "false", *extra], run=False)
+
+
+OTHER_CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "method"]
+
+
+@pytest.mark.parametrize("config", OTHER_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_other_config_composes_with_tiny_cpu(config):
+    cli = compose(BASE, config)
+    assert cli.model is not None and cli.trainer is not None
+
+
+EXPECTED = {
+    # method: (loss type, transform types, term types, controller types)
+    "grpo": (PPOClipLoss, [], [], []),
+    "rloo": (REINFORCELoss, [], [], []),
+    "dapo": (PPOClipLoss, [], [], []),
+    "gspo": (GSPOLoss, [], [], []),
+    "entropy_bonus": (PPOClipLoss, [], [EntropyBonus], []),
+    "adaptive_entropy_bonus": (PPOClipLoss, [], [EntropyBonus], [AdaptiveEntropyBonus]),
+    "clip_cov": (ClipCovLoss, [], [], []),
+    "kl_cov": (KLCovLoss, [], [], []),
+    "repo": (PPOClipLoss, [REPO], [], []),
+    "repo_r": (PPOClipLoss, [REPOR], [], [REPOZetaController]),
+    "repo_d": (PPOClipLoss, [REPOD], [], [REPOZetaController]),
+    "adapo": (PPOClipLoss, [], [], [ClipHigherController]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_method_composes_builds_its_objective_and_keeps_the_checkpoint(name):
+    cli = compose(BASE, ROOT / "configs" / "method" / f"{name}.yaml")
+    # the composed config still lists exactly the base file's callbacks (a method file must not set them)
+    assert cli.config["trainer"]["callbacks"] == compose(BASE).config["trainer"]["callbacks"]
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(checkpoints) == 1 and checkpoints[0].save_last
+    loss, transforms, terms, controllers = EXPECTED[name]
+    obj = cli.model.objective
+    assert type(obj.loss) is loss
+    assert [type(t) for t in obj.transforms] == transforms
+    assert [type(t) for t in obj.terms] == terms
+    assert [type(c) for c in cli.model.configure_callbacks()] == controllers
+    for controller in cli.model.configure_callbacks():
+        controller.bind(obj)  # the controller finds the piece it adapts
+
+
+def test_every_method_yaml_is_covered():
+    # the 12 methods of the brief, no more and no less (a new YAML needs a row in EXPECTED)
+    assert {p.stem for p in METHODS} == set(EXPECTED) and len(EXPECTED) == 12
+
+
+def test_method_specific_settings(tmp_path):
+    def model(name, *before):
+        return compose(BASE, *before, ROOT / "configs" / "method" / f"{name}.yaml").model
+
+    epochs = tmp_path / "two_epochs.yaml"
+    epochs.write_text("model:\n  init_args:\n    ppo_epochs: 2\n    minibatch_size: 2\n")
+    rloo = model("rloo", epochs)  # the method file comes after: it resets the update schedule
+    assert isinstance(rloo.objective.advantage, RLOOAdvantage) and rloo.ppo_epochs == 1 and rloo.minibatch_size is None
+    dapo = model("dapo").objective
+    assert (dapo.loss.eps_low, dapo.loss.eps_high, dapo.aggregation) == (0.2, 0.28, "token_mean")
+    repo_d = model("repo_d").configure_callbacks()[0]
+    assert (repo_d.zeta_min, repo_d.zeta_max) == (1e-3, 10.0)
+    repo_r = model("repo_r")
+    assert repo_r.objective.transforms[0].zeta == 1e-3
+    assert (repo_r.configure_callbacks()[0].zeta_min, repo_r.configure_callbacks()[0].zeta_max) == (1e-4, 0.05)
+    adapo = model("adapo")
+    assert adapo.configure_callbacks()[0].kappa == 1.25 and adapo.objective.loss.eps_high == 0.28
+
+
+def test_controller_without_its_piece_fails_at_setup_naming_the_yaml(tmp_path):
+    cli = compose(
+        BASE,
+        ROOT / "configs" / "method" / "grpo.yaml",
+        extra=[
+            "--model.init_args.controllers=[{class_path: epr_lightning.callbacks.REPOZetaController}]",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false",
+        ],
+    )
+    with pytest.raises(ValueError, match="configs/method/repo_r.yaml"):
+        cli.trainer.fit(cli.model, cli.datamodule)
