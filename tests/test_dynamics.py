@@ -1,0 +1,123 @@
+"""EntropyDynamics: hand-computed Theorem-1 covariances, the measured change, and a tiny end-to-end run."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from epr_lightning.callbacks import EntropyDynamics
+from epr_lightning.callbacks.dynamics import record_batch, signed_covariances
+from epr_lightning.record import StepRecord
+from epr_lightning.training import PolicyPass
+
+
+def make_record(iteration=0):
+    # two rows [prompt, c, c, pad]; pi(sampled) = 0.5, H = 1 -> L = 1 + ln .5 = 0.306853; A = +1 (row 0), -2 (row 1)
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    adv = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, -2.0, -2.0, 0.0]])
+    return StepRecord(
+        iteration=iteration,
+        input_ids=torch.tensor([[5, 6, 7, 0], [5, 8, 9, 0]]),
+        loss_mask=mask,
+        group_index=torch.tensor([0, 0]),
+        rewards=torch.tensor([1.0, 0.0]),
+        correct=torch.tensor([True, False]),
+        seq_advantages=torch.tensor([1.0, -2.0]),
+        token_advantages=adv,
+        entropy=2.0 * mask * 0.5,  # H = 1 on completion tokens
+        old_logp=math.log(0.5) * mask,
+        sampler_logp=math.log(0.5) * mask,
+        clip_upper=None,
+        clip_lower=None,
+        prompts=["p"],
+        completions=["a", "b"],
+        answers=[None, None],
+        num_prompts=1,
+        num_generations=2,
+    )
+
+
+class FakeModule:
+    """policy_pass returns entropy 0.75 on every completion token (the "updated" policy)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.seen = None
+
+    def policy_pass(self, tokens, *, grad):
+        assert grad is False
+        self.seen = tokens
+        return PolicyPass(logp=torch.zeros_like(tokens.loss_mask), entropy=0.75 * tokens.loss_mask)
+
+
+def test_signed_covariances_hand_values():
+    rec = make_record()
+    # terms: row 0: .5 * 1 * .306853 = .1534265 (x2); row 1: .5 * -2 * .306853 = -.306853 (x2); 4 tokens
+    ell = 1.0 + math.log(0.5)
+    total, pos, neg = signed_covariances(rec.old_logp, rec.entropy, rec.token_advantages, rec.loss_mask)
+    assert pos == pytest.approx(2 * 0.5 * ell / 4)
+    assert neg == pytest.approx(2 * 0.5 * -2 * ell / 4)
+    assert total == pytest.approx(pos + neg) and total == pytest.approx(-0.0767132, abs=1e-6)
+
+
+def test_record_batch_rebuilds_the_token_batch():
+    tokens = record_batch(make_record())
+    assert tokens.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    assert torch.equal(tokens.loss_mask, make_record().loss_mask)
+    assert torch.equal(tokens.input_ids, make_record().input_ids)
+
+
+def test_measure_predicted_and_measured_change():
+    module = FakeModule()
+    values = EntropyDynamics().measure(module, make_record())
+    # predicted = -cov = +0.0767 (negative-advantage tokens dominate: entropy should rise)
+    assert values["dynamics/predicted_dH"] == pytest.approx(0.0767132, abs=1e-6)
+    assert values["dynamics/measured_dH"] == pytest.approx(0.75 - 1.0)
+    assert values["dynamics/entropy_after"] == pytest.approx(0.75)
+    limited = EntropyDynamics(max_rows=1).measure(module, make_record())
+    assert module.seen.input_ids.shape[0] == 1
+    assert limited["dynamics/cov_A_L"] == pytest.approx(0.5 * (1.0 + math.log(0.5)))  # row 0 only: mean .1534
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="every_n"):
+        EntropyDynamics(every_n=0)
+    with pytest.raises(ValueError, match="max_rows"):
+        EntropyDynamics(max_rows=0)
+
+
+def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
+    """GRPO on the toy task: predicted (Theorem 1) and measured entropy changes share their sign most of the time."""
+    from epr_lightning.cli import build_cli
+
+    cli = build_cli(
+        [
+            "--config", "configs/tiny_cpu.yaml",
+            "--config", "configs/method/grpo.yaml",
+            "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_checkpointing", "false",
+            "--trainer.callbacks", "[]",
+            "--trainer.limit_val_batches", "0",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--data.init_args.task", "epr_lightning.tasks.CharacterTask",
+            "--data.init_args.batches_per_epoch", "8",
+            "--model.init_args.optimizer.init_args.lr=1e-2",
+        ],
+        run=False,
+    )
+    dyn = EntropyDynamics()
+    cli.trainer.callbacks.append(dyn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = cli.trainer.callback_metrics
+    for name in ("cov_A_L", "predicted_dH", "measured_dH", "cov_pos", "cov_neg", "sign_agreement"):
+        assert f"dynamics/{name}" in metrics
+    assert float(metrics["dynamics/cov_pos"] + metrics["dynamics/cov_neg"]) == pytest.approx(
+        float(metrics["dynamics/cov_A_L"]), abs=1e-6
+    )
+    assert dyn.compared == 8
+    assert dyn.agree / dyn.compared >= 0.6, f"sign agreement {dyn.agree}/{dyn.compared}"
