@@ -1,7 +1,7 @@
 """FSDP2 sharding of the policy under Lightning's ``ModelParallelStrategy`` (data parallel only).
 
-``shard_policy`` applies ``fully_shard`` to every decoder block, then to the root (the HF causal LM, or the
-peft wrapper around it). The root's own group holds the embeddings, the final norm and the LM head; FSDP2
+``shard_policy`` applies ``fully_shard`` to every decoder block, then to the root: the HF causal LM (inside
+the peft wrapper when LoRA is on). The root's own group holds the embeddings, the final norm and the LM head; FSDP2
 gathers it only inside the root's ``forward``, which is why ``logprobs.token_logprobs_and_entropy`` runs its
 chunked LM-head pass *as* the root's LM head (see there) instead of calling the decoder and head separately.
 
@@ -50,7 +50,9 @@ class FSDP2Config:
     def mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        return MixedPrecisionPolicy(param_dtype=_DTYPES[self.param_dtype], reduce_dtype=_DTYPES[self.reduce_dtype])
+        return MixedPrecisionPolicy(
+            param_dtype=_DTYPES[self.param_dtype], reduce_dtype=_DTYPES[self.reduce_dtype]
+        )
 
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -80,7 +82,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def shard_policy(model: torch.nn.Module, mesh: Any, config: FSDP2Config) -> torch.nn.Module:
-    """``fully_shard`` each decoder block, then the root, over the mesh's data-parallel dimension.
+    """``fully_shard`` each decoder block, then the HF model (the root), over the data-parallel mesh dimension.
 
     Args:
         model: the policy (HF causal LM or a peft model around one); sharded in place.
@@ -93,7 +95,10 @@ def shard_policy(model: torch.nn.Module, mesh: Any, config: FSDP2Config) -> torc
     """
     from torch.distributed.fsdp import fully_shard
 
-    if is_sharded(model):
+    # The FSDP2 root is the HF causal LM itself, also inside a peft wrapper: peft's ``generate`` calls the
+    # inner model directly, so a root on the wrapper would never gather the embeddings during rollouts.
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if is_sharded(root):
         return model
     names = getattr(mesh, "mesh_dim_names", None) or ()
     if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
@@ -102,8 +107,10 @@ def shard_policy(model: torch.nn.Module, mesh: Any, config: FSDP2Config) -> torc
             f"tensor_parallel_size=1), got tensor_parallel_size={mesh['tensor_parallel'].size()}"
         )
     dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
-    kwargs = dict(mesh=dp_mesh, mp_policy=config.mp_policy(), reshard_after_forward=config.reshard_after_forward)
+    kwargs = dict(
+        mesh=dp_mesh, mp_policy=config.mp_policy(), reshard_after_forward=config.reshard_after_forward
+    )
     for block in decoder_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    fully_shard(root, **kwargs)
     return model

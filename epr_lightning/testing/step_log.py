@@ -14,10 +14,27 @@ class StepMetricsLog(pl.Callback):
 
     Args:
         dirpath: output folder (created).
+        save_weights: at the end of training, save the policy's merged full weights (HF names, fp32) to
+            ``final_weights.pt`` from rank 0 (every rank joins the gathers under FSDP2).
     """
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str, save_weights: bool = False) -> None:
         self.dirpath = Path(dirpath)
+        self.save_weights = save_weights
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.save_weights:
+            return
+        import torch
+
+        from epr_lightning.lora import merged_state_dict
+
+        weights = {
+            k: v.detach().float().cpu().clone() for k, v in merged_state_dict(pl_module.policy).items()
+        }
+        if trainer.global_rank == 0:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            torch.save(weights, self.dirpath / "final_weights.pt")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
