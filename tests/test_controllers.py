@@ -1,6 +1,8 @@
 """Controller rules (paper.md §5/§6/§11) and the callbacks' plumbing on a fake module."""
 
-from types import SimpleNamespace
+import warnings
+
+import lightning.pytorch as pl
 
 import pytest
 import torch
@@ -234,3 +236,59 @@ def test_state_keys_distinguish_named_controllers():
     assert REPOZetaController().state_key == "REPOZetaController"
     named = ClipHigherController(name="adapo")
     assert named.state_key == "ClipHigherController[adapo]" and named.metric("eps_high") == "ctrl/adapo/eps_high"
+
+
+# -------------------------------------------------------------------------- a real Lightning checkpoint
+class ZetaSpy(pl.Callback):
+    """ζ in the objective when each iteration starts, and each iteration's exact entropy."""
+
+    def __init__(self):
+        self.zeta_at_start, self.entropy = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.zeta_at_start.append(pl_module.objective.transforms[0].zeta)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.entropy.append(iteration_entropy(outputs["record"], "exact"))
+
+
+def test_state_round_trip_through_a_real_checkpoint(tmp_path):
+    from epr_lightning.cli import build_cli
+
+    args = [
+        "--config", "configs/tiny_cpu.yaml",
+        "--config", "configs/method/repo_r.yaml",
+        "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.limit_val_batches", "0",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--data.init_args.task", "epr_lightning.tasks.CharacterTask",
+        "--data.init_args.batches_per_epoch", "2",
+        "--model.init_args.optimizer.init_args.lr=1e-2",
+    ]
+    first = build_cli(args, run=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first.trainer.fit(first.model, first.datamodule)
+    ckpt_path = next(tmp_path.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+    saved = ckpt["callbacks"]["REPOZetaController"]
+    saved_zeta = ckpt["epr"]["objective"]["transforms.0"]["zeta"]
+    controller = first.model.controllers[0]
+    assert saved["coef"] == saved_zeta == controller.coef  # controller and objective agree in the file
+    assert saved["updates"] == 2 and saved["initial_entropy"] == controller.initial_entropy is not None
+    assert saved["initial_entropy"] > 0
+
+    second = build_cli([*args, "--trainer.max_epochs", "2"], run=False)
+    spy = ZetaSpy()
+    second.trainer.callbacks.append(spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        second.trainer.fit(second.model, second.datamodule, ckpt_path=str(ckpt_path))
+    resumed = second.model.controllers[0]
+    assert spy.zeta_at_start[0] == saved_zeta  # the first resumed iteration used the saved ζ
+    # its update followed the rule from the saved ζ and the saved H* (not a re-measured one)
+    assert spy.zeta_at_start[1] == pytest.approx(
+        zeta_step(saved_zeta, spy.entropy[0], saved["initial_entropy"], 1e-4, 0.05)
+    )
+    assert resumed.initial_entropy == saved["initial_entropy"] and resumed.updates == 4
