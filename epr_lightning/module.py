@@ -98,6 +98,12 @@ class RLModule(pl.LightningModule):
             raise ValueError(f"model.grad_clip must be > 0 or null, got {grad_clip}")
         if long_prompts not in ("skip", "error"):
             raise ValueError(f"model.long_prompts must be 'skip' or 'error', got {long_prompts!r}")
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"model.max_prompt_tokens must be >= 1 or null, got {max_prompt_tokens}")
+        if not reward_timeout_s > 0:
+            raise ValueError(f"model.reward_timeout_s must be > 0, got {reward_timeout_s}")
+        if max_nonfinite_updates < 1:
+            raise ValueError(f"model.max_nonfinite_updates must be >= 1, got {max_nonfinite_updates}")
         self.policy_source = policy
         self.engine = engine if engine is not None else HFEngine()
         self.objective = objective if objective is not None else Objective()
@@ -107,6 +113,15 @@ class RLModule(pl.LightningModule):
                 f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1 and "
                 "minibatch_size=null (one update per rollout)"
             )
+        try:  # e.g. GRPO with std scaling or RLOO at G=1: fail at config time, not after the first rollout
+            self.objective.sequence_advantages(
+                torch.arange(float(num_generations)), torch.zeros(num_generations, dtype=torch.long)
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"model.num_generations={num_generations} does not suit "
+                f"{type(self.objective.advantage).__name__}: {err}"
+            ) from None
         self.num_generations = num_generations
         self.ppo_epochs = ppo_epochs
         self.minibatch_size = minibatch_size
@@ -194,22 +209,34 @@ class RLModule(pl.LightningModule):
         """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; cache their token ids."""
         system = getattr(self.task, "system_prompt", None)
         ids = encode_prompts(self.tokenizer, [e.prompt for e in examples], system, self.use_chat_template)
+        limit, where = self.prompt_token_limit()
         kept = []
-        for ex, p in zip(examples, ids):
+        for ex, p in zip(examples, ids, strict=True):
             if not ex.prompt.strip():
                 raise ValueError(f"example {ex.id!r} has an empty prompt")
-            if self.max_prompt_tokens is not None and len(p) > self.max_prompt_tokens:
+            if limit is not None and len(p) > limit:
                 if self.long_prompts == "error":
-                    raise ValueError(
-                        f"example {ex.id!r}: prompt has {len(p)} tokens > model.max_prompt_tokens={self.max_prompt_tokens}"
-                    )
+                    raise ValueError(f"example {ex.id!r}: prompt has {len(p)} tokens > {where}")
                 self.skipped_prompts += 1
                 continue
             ex.meta["_prompt_ids"] = p
             kept.append(ex)
         if not kept:
-            raise ValueError("every prompt of this batch was longer than model.max_prompt_tokens")
+            raise ValueError(f"every prompt of this batch was longer than {where}")
         return kept
+
+    def prompt_token_limit(self) -> tuple[int | None, str]:
+        """``model.max_prompt_tokens``, else the model's context minus ``sampling.max_new_tokens``."""
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens, f"model.max_prompt_tokens={self.max_prompt_tokens}"
+        context = getattr(getattr(self.policy, "config", None), "max_position_embeddings", None)
+        if not isinstance(context, int):
+            return None, "the model context"
+        limit = context - self.sampling.max_new_tokens
+        return limit, (
+            f"the model context {context} - sampling.max_new_tokens={self.sampling.max_new_tokens} = {limit} "
+            "(set model.max_prompt_tokens / model.long_prompts)"
+        )
 
     @torch.no_grad()
     def rollout(self, examples: list[Example], num_samples: int) -> Rollout:
