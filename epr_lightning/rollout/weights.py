@@ -7,7 +7,6 @@ DTensor is a collective (all-gather), so all ranks gather even when only one of 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,20 +48,6 @@ def _ties_lm_head(model: torch.nn.Module) -> bool:
     return bool(getattr(config, "tie_word_embeddings", False))
 
 
-@contextlib.contextmanager
-def merged_lora(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Temporarily merge peft LoRA adapters into the base weights (a no-op for plain models)."""
-    merge, unmerge = getattr(model, "merge_adapter", None), getattr(model, "unmerge_adapter", None)
-    if merge is None or unmerge is None:
-        yield model
-        return
-    merge()
-    try:
-        yield model
-    finally:
-        unmerge()
-
-
 def to_full(tensor: torch.Tensor) -> torch.Tensor:
     """The full (unsharded) tensor: ``.full_tensor()`` for DTensors (a collective), the tensor otherwise."""
     full = getattr(tensor, "full_tensor", None)
@@ -86,26 +71,24 @@ def iter_hf_weights(
     A tied ``lm_head.weight`` is skipped (the engine ties it to ``embed_tokens`` itself, and HF's
     ``save_pretrained`` omits it too).
     """
+    from epr_lightning.lora import iter_merged_weights, lora_layers
+
+    if merge_lora and lora_layers(model):
+        # Out-of-place fp32 merge: the trained model is never modified (an in-place bf16 merge/unmerge
+        # round trip drifts the base weights, trl#6688).
+        yield from iter_merged_weights(model, dtype=dtype)
+        return
     tied = _ties_lm_head(model)
-    # merged weights are unmerged in place when iteration ends, which can be before a consumer (the last
-    # bucket) reads them: yield copies then.
-    copy_out = merge_lora and hasattr(model, "merge_adapter")
-    ctx = merged_lora(model) if merge_lora else contextlib.nullcontext(model)
-    with ctx, torch.no_grad():
+    with torch.no_grad():
         for key, tensor in model.state_dict().items():
             if is_lora_param(key):
-                if not merge_lora:
-                    raise ValueError(f"state_dict key {key!r} is a LoRA adapter tensor; use merge_lora=True")
-                continue
+                raise ValueError(f"state_dict key {key!r} is a LoRA adapter tensor; use merge_lora=True")
             name = hf_name(key)
             if tied and name == "lm_head.weight":
                 continue
-            tensor = tensor.detach()
-            full = to_full(tensor)
+            full = to_full(tensor.detach())
             if dtype is not None and full.is_floating_point() and full.dtype != dtype:
                 full = full.to(dtype)
-            elif copy_out and full is tensor:
-                full = full.clone()
             yield name, full
 
 
