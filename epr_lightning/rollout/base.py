@@ -41,6 +41,15 @@ class SamplingParams:
             raise ValueError(f"sampling.max_new_tokens must be > 0, got {self.max_new_tokens}")
 
 
+def stop_ids(params: SamplingParams, tokenizer: Any) -> list[int]:
+    """``params.stop_token_ids`` plus the tokenizer's EOS, in order, without duplicates."""
+    ids = list(params.stop_token_ids)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.append(int(eos))
+    return list(dict.fromkeys(ids))
+
+
 @dataclass
 class Rollout:
     """A batch of sampled completions, one entry per sample (G samples per prompt, prompt-major).

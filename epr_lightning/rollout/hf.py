@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
 
 
 class HFEngine(RolloutEngine):
@@ -55,7 +55,7 @@ class HFEngine(RolloutEngine):
             raise ValueError("HFEngine.generate needs the policy module (model=...)")
         flat_prompts = [p for p in prompt_ids for _ in range(num_samples)]  # prompt-major
         groups = [g for g in range(len(prompt_ids)) for _ in range(num_samples)]
-        stop_ids = self._stop_ids(params)
+        stops = stop_ids(params, self.tokenizer)
         # Reseed per call, outside the global RNG stream, so a resumed run samples the same tokens.
         seed = params.seed + 100_003 * self.calls + 7919 * self.rank
         self.calls += 1
@@ -67,10 +67,10 @@ class HFEngine(RolloutEngine):
             torch.manual_seed(seed)
             step = self.generation_batch_size or len(flat_prompts)
             for start in range(0, len(flat_prompts), step):
-                c, lp = self._generate_chunk(model, flat_prompts[start : start + step], params, stop_ids, device)
+                c, lp = self._generate_chunk(model, flat_prompts[start : start + step], params, stops, device)
                 completions += c
                 logprobs += lp
-        finish = ["stop" if c and c[-1] in stop_ids else "length" for c in completions]
+        finish = ["stop" if c and c[-1] in stops else "length" for c in completions]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_text = self.tokenizer.batch_decode(flat_prompts, skip_special_tokens=False)
         return Rollout(
@@ -83,13 +83,6 @@ class HFEngine(RolloutEngine):
             prompt_text=prompt_text,
             weight_version=self.weight_version,
         )
-
-    def _stop_ids(self, params: SamplingParams) -> list[int]:
-        eos = self.tokenizer.eos_token_id
-        ids = list(params.stop_token_ids)
-        if eos is not None and eos not in ids:
-            ids.insert(0, eos)
-        return ids
 
     def _generate_chunk(
         self,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
 from epr_lightning.rollout.weights import iter_buckets, iter_hf_weights
 
 INSTALL_HINT = "pip install 'epr-lightning[sglang]'"
@@ -44,15 +44,6 @@ def sample_seeds(seed: int, rank: int, call_index: int, n: int) -> list[int]:
     """Distinct, reproducible per-sample sampling seeds for one generate call on one rank."""
     rng = random.Random(f"{seed}/{rank}/{call_index}")
     return [rng.randrange(1, 2**31 - 1) for _ in range(n)]
-
-
-def stop_ids(params: SamplingParams, tokenizer: Any) -> list[int]:
-    """``params.stop_token_ids`` plus the tokenizer's EOS, in order, without duplicates."""
-    ids = list(params.stop_token_ids)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None:
-        ids.append(int(eos))
-    return list(dict.fromkeys(ids))
 
 
 def sglang_sampling_params(

@@ -31,13 +31,12 @@ from typing import Any
 
 import torch
 
-from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
 from epr_lightning.rollout.sglang import (
     build_rollout,
     generate_with_resubmit,
     sample_seeds,
     sglang_sampling_params,
-    stop_ids,
 )
 from epr_lightning.rollout.weights import dtype_name, iter_buckets, iter_hf_weights, save_hf_folder
 
