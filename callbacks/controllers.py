@@ -45,7 +45,9 @@ def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> 
     return 1 if entropy < target else -1
 
 
-def zeta_step(zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0) -> float:
+def zeta_step(
+    zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0
+) -> float:
     """The ζ controller rule of paper.md §5 (doubling/halving on a signed log scale).
 
     Below target: ζ > 0 doubles (capped at ζ_max); ζ = 0 starts at +ζ_min; ζ < 0 halves, and a halving that
@@ -68,7 +70,13 @@ def zeta_step(zeta: float, entropy: float, target: float, zeta_min: float, zeta_
 
 
 def clip_higher_step(
-    eps_high: float, entropy: float, target: float, eps_low: float, eps_high_max: float = 1.0, kappa: float = 1.25, tolerance: float = 0.0
+    eps_high: float,
+    entropy: float,
+    target: float,
+    eps_low: float,
+    eps_high_max: float = 1.0,
+    kappa: float = 1.25,
+    tolerance: float = 0.0,
 ) -> float:
     """[X] ADAPO, our design (paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, ε_high_max).
 
@@ -80,7 +88,13 @@ def clip_higher_step(
 
 
 def adaptive_bonus_step(
-    coef: float, entropy: float, target: float, delta: float, coef_min: float = 0.0, coef_max: float = 1.0, tolerance: float = 0.0
+    coef: float,
+    entropy: float,
+    target: float,
+    delta: float,
+    coef_min: float = 0.0,
+    coef_max: float = 1.0,
+    tolerance: float = 0.0,
 ) -> float:
     """Skywork-OR1's adaptive entropy coefficient: coef ± δ (up when below target), clipped to [min, max]."""
     d = entropy_direction(entropy, target, tolerance)
@@ -121,7 +135,9 @@ class EntropyController(Callback):
         self, target: EntropyTarget | None, entropy_source: EntropySource, tolerance: float, name: str | None
     ) -> None:
         if entropy_source not in EntropySource.__args__:
-            raise ValueError(f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}")
+            raise ValueError(
+                f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}"
+            )
         if not (math.isfinite(float(tolerance)) and tolerance >= 0):
             raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
         self.target = target if target is not None else InitialEntropy()
@@ -168,7 +184,9 @@ class EntropyController(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.coef = None if state.get("coef") is None else float(state["coef"])
-        self.initial_entropy = None if state.get("initial_entropy") is None else float(state["initial_entropy"])
+        self.initial_entropy = (
+            None if state.get("initial_entropy") is None else float(state["initial_entropy"])
+        )
         self.updates = int(state.get("updates", 0))
         self.last_entropy = state.get("last_entropy")
         self.last_target = state.get("last_target")
@@ -186,13 +204,17 @@ class EntropyController(Callback):
             )
         if len(found) > 1:
             names = ", ".join(type(p).__name__ for p, _ in found)
-            raise ValueError(f"{type(self).__name__}: the objective has several pieces it could adapt ({names}); keep one")
+            raise ValueError(
+                f"{type(self).__name__}: the objective has several pieces it could adapt ({names}); keep one"
+            )
         self._piece, self._attr = found[0]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         objective = getattr(pl_module, "objective", None)
         if objective is None:
-            raise ValueError(f"{type(self).__name__} needs a module with an `objective` (epr_lightning.module.RLModule)")
+            raise ValueError(
+                f"{type(self).__name__} needs a module with an `objective` (epr_lightning.module.RLModule)"
+            )
         self.bind(objective)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -340,7 +362,9 @@ class ClipHigherController(EntropyController):
     def check_coef(self, coef: float, where: str) -> None:
         low = float(self._piece.eps_low)
         if not (low <= coef <= self.eps_high_max) or coef <= 0:
-            raise ValueError(f"{where}={coef!r} must be > 0 and within [eps_low={low}, eps_high_max={self.eps_high_max}]")
+            raise ValueError(
+                f"{where}={coef!r} must be > 0 and within [eps_low={low}, eps_high_max={self.eps_high_max}]"
+            )
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return clip_higher_step(
@@ -383,7 +407,9 @@ class AdaptiveEntropyBonus(EntropyController):
         self.coef_min = float(coef_min)
         self.coef_max = _positive("coef_max", coef_max)
         if not (math.isfinite(self.coef_min) and 0 <= self.coef_min < self.coef_max):
-            raise ValueError(f"need 0 <= coef_min < coef_max, got coef_min={coef_min!r}, coef_max={coef_max!r}")
+            raise ValueError(
+                f"need 0 <= coef_min < coef_max, got coef_min={coef_min!r}, coef_max={coef_max!r}"
+            )
         if initial_coef is not None:
             self.check_coef(float(initial_coef), "initial_coef")
             self.coef = float(initial_coef)
@@ -395,7 +421,11 @@ class AdaptiveEntropyBonus(EntropyController):
 
     def check_coef(self, coef: float, where: str) -> None:
         if not (self.coef_min <= coef <= self.coef_max):
-            raise ValueError(f"{where}={coef!r} must be within [coef_min={self.coef_min}, coef_max={self.coef_max}]")
+            raise ValueError(
+                f"{where}={coef!r} must be within [coef_min={self.coef_min}, coef_max={self.coef_max}]"
+            )
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
-        return adaptive_bonus_step(coef, entropy, target, self.delta, self.coef_min, self.coef_max, self.tolerance)
+        return adaptive_bonus_step(
+            coef, entropy, target, self.delta, self.coef_min, self.coef_max, self.tolerance
+        )

@@ -32,7 +32,9 @@ from epr_lightning.rollout.base import TokenBatch
 from ._logging import get_record, log_scalars
 
 
-def signed_covariances(logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor) -> tuple[float, float, float]:
+def signed_covariances(
+    logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor
+) -> tuple[float, float, float]:
     """(total, A>0 part, A<0 part) of the token mean of π·A·(log π + H); the parts sum to the total.
 
     Each part is Σ over its tokens divided by the number of *all* masked tokens.
@@ -49,7 +51,9 @@ def record_batch(record: StepRecord, device: torch.device | str = "cpu") -> Toke
     """The record's token batch as a ``TokenBatch`` (attention covers every non-pad position up to the last
     completion token; rows are right-padded, so that is a prefix of each row)."""
     mask = record.loss_mask
-    last = torch.where(mask > 0, torch.arange(mask.shape[1]).expand_as(mask), torch.full_like(mask, -1, dtype=torch.long))
+    last = torch.where(
+        mask > 0, torch.arange(mask.shape[1]).expand_as(mask), torch.full_like(mask, -1, dtype=torch.long)
+    )
     ends = (last.max(dim=1).values + 1).clamp_min(1)  # one past each row's last completion token
     attention = (torch.arange(mask.shape[1])[None, :] < ends[:, None]).long()
     return TokenBatch(

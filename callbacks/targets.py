@@ -67,7 +67,9 @@ class FixedEntropy(EntropyTarget):
         return self.target
 
 
-def schedule_value(start: float, end: float, num_iterations: int, kind: ScheduleKind, iteration: int) -> float:
+def schedule_value(
+    start: float, end: float, num_iterations: int, kind: ScheduleKind, iteration: int
+) -> float:
     """Interpolate from ``start`` (iteration 0) to ``end`` (iteration ``num_iterations`` and after).
 
     linear: start + (end − start)·t;  cosine: end + (start − end)·(1 + cos(π·t))/2;  constant: start;
@@ -105,7 +107,9 @@ class ScheduledEntropy(EntropyTarget):
         self.start = _finite_nonneg("ScheduledEntropy.start", start)
         self.end = _finite_nonneg("ScheduledEntropy.end", end)
         if int(num_iterations) != num_iterations or num_iterations < 1:
-            raise ValueError(f"ScheduledEntropy.num_iterations must be an integer >= 1, got {num_iterations!r}")
+            raise ValueError(
+                f"ScheduledEntropy.num_iterations must be an integer >= 1, got {num_iterations!r}"
+            )
         if kind not in ScheduleKind.__args__:
             raise ValueError(f"ScheduledEntropy.kind must be one of {ScheduleKind.__args__}, got {kind!r}")
         self.num_iterations = int(num_iterations)

@@ -3,10 +3,8 @@
 import warnings
 
 import lightning.pytorch as pl
-
 import pytest
 import torch
-
 from epr_lightning.callbacks import (
     AdaptiveEntropyBonus,
     ClipHigherController,
@@ -18,7 +16,8 @@ from epr_lightning.callbacks import (
     zeta_step,
 )
 from epr_lightning.callbacks.controllers import iteration_entropy
-from epr_lightning.objectives import REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss, REPO
+
+from epr_lightning.objectives import REPO, REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss
 from epr_lightning.record import StepRecord
 
 ZMIN, ZMAX = 1e-4, 0.05
@@ -151,7 +150,11 @@ def test_zeta_controller_measures_h_star_at_iteration0_and_writes_the_transform(
 
 def test_zeta_controller_adapts_repo_d_and_repo_beta():
     repo_d = REPOD(zeta=1.0)
-    drive(REPOZetaController(zeta_min=1e-3, zeta_max=10.0), FakeModule(Objective(transforms=[repo_d])), [2.0, 1.0])
+    drive(
+        REPOZetaController(zeta_min=1e-3, zeta_max=10.0),
+        FakeModule(Objective(transforms=[repo_d])),
+        [2.0, 1.0],
+    )
     assert repo_d.zeta == 2.0
     repo = REPO(beta=0.01)
     module = FakeModule(Objective(transforms=[repo]))
@@ -161,7 +164,11 @@ def test_zeta_controller_adapts_repo_d_and_repo_beta():
 
 def test_initial_zeta_and_fixed_target():
     repo_r = REPOR(zeta=1e-3)
-    drive(REPOZetaController(target=FixedEntropy(5.0), initial_zeta=0.01), FakeModule(Objective(transforms=[repo_r])), [2.0])
+    drive(
+        REPOZetaController(target=FixedEntropy(5.0), initial_zeta=0.01),
+        FakeModule(Objective(transforms=[repo_r])),
+        [2.0],
+    )
     assert repo_r.zeta == pytest.approx(0.02)  # 2 < 5 at iteration 0 already -> doubled from the initial 0.01
 
 
@@ -219,7 +226,13 @@ def test_state_round_trip_pushes_the_restored_coefficient():
     ctrl = REPOZetaController()
     drive(ctrl, FakeModule(Objective(transforms=[repo_r])), [2.0, 1.0, 1.0])
     state = ctrl.state_dict()
-    assert state == {"coef": 4e-3, "initial_entropy": 2.0, "updates": 3, "last_entropy": 1.0, "last_target": 2.0}
+    assert state == {
+        "coef": 4e-3,
+        "initial_entropy": 2.0,
+        "updates": 3,
+        "last_entropy": 1.0,
+        "last_target": 2.0,
+    }
     fresh_piece = REPOR(zeta=1e-3)  # e.g. an objective built from YAML before the restore
     fresh = REPOZetaController()
     fresh.load_state_dict(state)
@@ -235,7 +248,9 @@ def test_state_round_trip_pushes_the_restored_coefficient():
 def test_state_keys_distinguish_named_controllers():
     assert REPOZetaController().state_key == "REPOZetaController"
     named = ClipHigherController(name="adapo")
-    assert named.state_key == "ClipHigherController[adapo]" and named.metric("eps_high") == "ctrl/adapo/eps_high"
+    assert (
+        named.state_key == "ClipHigherController[adapo]" and named.metric("eps_high") == "ctrl/adapo/eps_high"
+    )
 
 
 # -------------------------------------------------------------------------- a real Lightning checkpoint
@@ -256,14 +271,22 @@ def test_state_round_trip_through_a_real_checkpoint(tmp_path):
     from epr_lightning.cli import build_cli
 
     args = [
-        "--config", "configs/tiny_cpu.yaml",
-        "--config", "configs/method/repo_r.yaml",
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.limit_val_batches", "0",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--data.init_args.task", "epr_lightning.tasks.CharacterTask",
-        "--data.init_args.batches_per_epoch", "2",
+        "--config",
+        "configs/tiny_cpu.yaml",
+        "--config",
+        "configs/method/repo_r.yaml",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.init_args.task",
+        "epr_lightning.tasks.CharacterTask",
+        "--data.init_args.batches_per_epoch",
+        "2",
         "--model.init_args.optimizer.init_args.lr=1e-2",
     ]
     first = build_cli(args, run=False)

@@ -4,9 +4,9 @@ never replace the base config's checkpoint callback (controllers come from ``RLM
 from pathlib import Path
 
 import pytest
+from epr_lightning.callbacks import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from epr_lightning.callbacks import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
 from epr_lightning.cli import build_cli
 from epr_lightning.objectives import (
     REPO,
@@ -89,14 +89,21 @@ def test_method_specific_settings(tmp_path):
     epochs = tmp_path / "two_epochs.yaml"
     epochs.write_text("model:\n  init_args:\n    ppo_epochs: 2\n    minibatch_size: 2\n")
     rloo = model("rloo", epochs)  # the method file comes after: it resets the update schedule
-    assert isinstance(rloo.objective.advantage, RLOOAdvantage) and rloo.ppo_epochs == 1 and rloo.minibatch_size is None
+    assert (
+        isinstance(rloo.objective.advantage, RLOOAdvantage)
+        and rloo.ppo_epochs == 1
+        and rloo.minibatch_size is None
+    )
     dapo = model("dapo").objective
     assert (dapo.loss.eps_low, dapo.loss.eps_high, dapo.aggregation) == (0.2, 0.28, "token_mean")
     repo_d = model("repo_d").configure_callbacks()[0]
     assert (repo_d.zeta_min, repo_d.zeta_max) == (1e-3, 10.0)
     repo_r = model("repo_r")
     assert repo_r.objective.transforms[0].zeta == 1e-3
-    assert (repo_r.configure_callbacks()[0].zeta_min, repo_r.configure_callbacks()[0].zeta_max) == (1e-4, 0.05)
+    assert (repo_r.configure_callbacks()[0].zeta_min, repo_r.configure_callbacks()[0].zeta_max) == (
+        1e-4,
+        0.05,
+    )
     adapo = model("adapo")
     assert adapo.configure_callbacks()[0].kappa == 1.25 and adapo.objective.loss.eps_high == 0.28
 
@@ -107,8 +114,10 @@ def test_controller_without_its_piece_fails_at_setup_naming_the_yaml(tmp_path):
         ROOT / "configs" / "method" / "grpo.yaml",
         extra=[
             "--model.init_args.controllers=[{class_path: epr_lightning.callbacks.REPOZetaController}]",
-            "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
         ],
     )
     with pytest.raises(ValueError, match="configs/method/repo_r.yaml"):

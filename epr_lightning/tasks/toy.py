@@ -21,7 +21,12 @@ class CharacterFractionReward(RewardFunction):
         success_threshold: a reward at or above this counts as correct.
     """
 
-    def __init__(self, target_chars: str = "0123456789", ignore_whitespace: bool = False, success_threshold: float = 1.0) -> None:
+    def __init__(
+        self,
+        target_chars: str = "0123456789",
+        ignore_whitespace: bool = False,
+        success_threshold: float = 1.0,
+    ) -> None:
         if not target_chars:
             raise ValueError("target_chars must be a non-empty string")
         self.target_chars = frozenset(target_chars)
