@@ -42,6 +42,8 @@ class EPRLightningCLI(LightningCLI):
             {
                 "trainer.log_every_n_steps": 1,
                 "trainer.num_sanity_val_steps": 0,
+                # prompts are split across ranks by our own resumable sampler (data.ResumableBatchSampler)
+                "trainer.use_distributed_sampler": False,
             }
         )
         parser.add_argument(

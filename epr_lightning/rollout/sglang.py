@@ -221,6 +221,7 @@ class SGLangEngine(RolloutEngine):
             enable_memory_saver=self.enable_memory_saver,
             skip_tokenizer_init=True,
             load_format=self.load_format,
+            host="127.0.0.1",  # loopback only; override through extra_engine_args
             port=self.port + rank,
         )
         kwargs.update(self.extra_engine_args)
