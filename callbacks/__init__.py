@@ -1,9 +1,7 @@
-"""Lightning callbacks: entropy tracking, targets, controllers, diversity, precision audit (installed as ``epr_lightning.callbacks``)."""
-from .diversity import DiversityMonitor  # noqa: E402
-from .entropy import EntropyTracker  # noqa: E402
-from .precision import PrecisionAudit  # noqa: E402
-from .samples import SampleLogger  # noqa: E402
-from .controllers import (  # noqa: E402
+"""Lightning callbacks: entropy tracking, targets, controllers, dynamics, diversity, precision audit, samples
+and graceful stop (installed as ``epr_lightning.callbacks``)."""
+
+from .controllers import (
     AdaptiveEntropyBonus,
     ClipHigherController,
     EntropyController,
@@ -13,6 +11,31 @@ from .controllers import (  # noqa: E402
     entropy_direction,
     zeta_step,
 )
-from .targets import EntropyTarget, FixedEntropy, InitialEntropy, ScheduledEntropy  # noqa: E402
-from .graceful import GracefulStop  # noqa: E402
-from .dynamics import EntropyDynamics  # noqa: E402
+from .diversity import DiversityMonitor
+from .dynamics import EntropyDynamics
+from .entropy import EntropyTracker
+from .graceful import GracefulStop
+from .precision import PrecisionAudit
+from .samples import SampleLogger
+from .targets import EntropyTarget, FixedEntropy, InitialEntropy, ScheduledEntropy
+
+__all__ = [
+    "AdaptiveEntropyBonus",
+    "ClipHigherController",
+    "DiversityMonitor",
+    "EntropyController",
+    "EntropyDynamics",
+    "EntropyTarget",
+    "EntropyTracker",
+    "FixedEntropy",
+    "GracefulStop",
+    "InitialEntropy",
+    "PrecisionAudit",
+    "REPOZetaController",
+    "SampleLogger",
+    "ScheduledEntropy",
+    "adaptive_bonus_step",
+    "clip_higher_step",
+    "entropy_direction",
+    "zeta_step",
+]

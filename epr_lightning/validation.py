@@ -43,6 +43,6 @@ def validation_metrics(
         out["self_bleu"] = bleu
     answer_groups = group_by(answers, rollout.group_index)
     out["distinct_correct"] = sum(
-        distinct_correct(a, c) for a, c in zip(answer_groups, groups_correct)
+        distinct_correct(a, c) for a, c in zip(answer_groups, groups_correct, strict=True)
     ) / len(answer_groups)
     return out

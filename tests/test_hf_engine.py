@@ -22,7 +22,7 @@ def test_groups_are_prompt_major_and_logprobs_match_trainer(tiny_model, tiny_tok
     rollout = _engine(tiny_tokenizer, tiny_model).generate(prompts, params, 3, model=tiny_model)
     assert rollout.group_index == [0, 0, 0, 1, 1, 1]
     assert rollout.prompt_ids[:3] == [prompts[0]] * 3 and rollout.prompt_ids[3:] == [prompts[1]] * 3
-    for ids, lps, finish in zip(rollout.completion_ids, rollout.sampler_logprobs, rollout.finish_reason):
+    for ids, lps, finish in zip(rollout.completion_ids, rollout.sampler_logprobs, rollout.finish_reason, strict=True):
         assert len(ids) == len(lps) and 1 <= len(ids) <= 10
         assert finish == ("stop" if ids[-1] == tiny_tokenizer.eos_token_id else "length")
         assert tiny_tokenizer.eos_token_id not in ids[:-1]  # cut at the first stop token
@@ -60,7 +60,7 @@ def test_max_new_tokens_and_stop_ids(tiny_model, tiny_tokenizer):
     rollout = _engine(tiny_tokenizer, tiny_model).generate(
         prompts, SamplingParams(max_new_tokens=5, stop_token_ids=stop), 6, model=tiny_model
     )
-    for ids, finish in zip(rollout.completion_ids, rollout.finish_reason):
+    for ids, finish in zip(rollout.completion_ids, rollout.finish_reason, strict=True):
         assert len(ids) <= 5
         hits = [i for i, t in enumerate(ids) if t in stop + [tiny_tokenizer.eos_token_id]]
         assert hits == ([len(ids) - 1] if finish == "stop" else [])

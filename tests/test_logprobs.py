@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from epr_lightning.logprobs import chunked_logprobs_entropy, naive_logprobs_entropy, token_logprobs_and_entropy
+from epr_lightning.logprobs import (
+    chunked_logprobs_entropy,
+    naive_logprobs_entropy,
+    token_logprobs_and_entropy,
+)
 
 
 def _batch(vocab: int, n: int = 3, t: int = 9, seed: int = 0):

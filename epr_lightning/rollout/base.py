@@ -79,13 +79,13 @@ class Rollout:
 
     def to_batch(self, pad_token_id: int, device: torch.device | str = "cpu") -> TokenBatch:
         """Right-padded [prompt | completion | pad] rows with masks aligned to ``input_ids``."""
-        lengths = [len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
+        lengths = [len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids, strict=True)]
         n, width = len(self), max(lengths)
         input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         loss_mask = torch.zeros((n, width), dtype=torch.float32)
         sampler_lp = torch.zeros((n, width), dtype=torch.float32)
-        for i, (p, c, lp) in enumerate(zip(self.prompt_ids, self.completion_ids, self.sampler_logprobs)):
+        for i, (p, c, lp) in enumerate(zip(self.prompt_ids, self.completion_ids, self.sampler_logprobs, strict=True)):
             row = p + c
             input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, : len(row)] = 1

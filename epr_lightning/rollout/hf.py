@@ -129,7 +129,7 @@ class HFEngine(RolloutEngine):
         token_logp = logp.gather(-1, new_tokens.to(logp.device)[..., None]).squeeze(-1).cpu()
         stop = torch.tensor(stop_ids)
         completions, logprobs = [], []
-        for row, lp in zip(new_tokens, token_logp):
+        for row, lp in zip(new_tokens, token_logp, strict=True):
             hits = torch.isin(row, stop).nonzero()
             n = int(hits[0]) + 1 if len(hits) else len(row)
             completions.append(row[:n].tolist())
