@@ -6,6 +6,8 @@
 | ``ClipHigherController`` (ADAPO) | ε_high of ``PPOClipLoss``/``GSPOLoss`` | ``clip_higher_step``: ×κ^{±1} within [ε_low, max] [X] |
 | ``AdaptiveEntropyBonus`` | coef of ``EntropyBonus`` | ``adaptive_bonus_step``: ±δ within [min, max] (Skywork-OR1) |
 
+The pure rules (and ``iteration_entropy``) live in ``control_rules.py`` and are re-exported here.
+
 Timing (paper.md §5): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
 ``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
 record (before any update). The new coefficient is written into the objective piece and is used from the next
@@ -21,96 +23,36 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from epr_lightning.metrics import all_reduce
-from epr_lightning.record import StepRecord
-
 from ._logging import get_record
+from .control_rules import (
+    EntropySource,
+    adaptive_bonus_step,
+    clip_higher_step,
+    entropy_direction,
+    iteration_entropy,
+    zeta_step,
+)
 from .targets import EntropyTarget, InitialEntropy
 
-EntropySource = Literal["exact", "mc"]
-
-
-# ---------------------------------------------------------------------------------------------- pure rules
-def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> int:
-    """+1 when entropy is below target (raise it), −1 when above, 0 inside the band |H − H*| ≤ tolerance·H*."""
-    if abs(entropy - target) <= tolerance * abs(target):
-        return 0
-    return 1 if entropy < target else -1
-
-
-def zeta_step(
-    zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0
-) -> float:
-    """The ζ controller rule of paper.md §5 (doubling/halving on a signed log scale).
-
-    Below target: ζ > 0 doubles (capped at ζ_max); ζ = 0 starts at +ζ_min; ζ < 0 halves, and a halving that
-    would land inside (−ζ_min, ζ_min) flips to +ζ_min. Above target: the mirror image toward −ζ_max.
-    """
-    d = entropy_direction(entropy, target, tolerance)
-    if d > 0:  # raise
-        if zeta > 0:
-            return min(2.0 * zeta, zeta_max)
-        if zeta == 0:
-            return zeta_min
-        half = zeta / 2.0
-        return zeta_min if half > -zeta_min else half
-    if d < 0:  # lower
-        if zeta < 0:
-            return max(2.0 * zeta, -zeta_max)
-        half = zeta / 2.0
-        return -zeta_min if half < zeta_min else half
-    return zeta
-
-
-def clip_higher_step(
-    eps_high: float,
-    entropy: float,
-    target: float,
-    eps_low: float,
-    eps_high_max: float = 1.0,
-    kappa: float = 1.25,
-    tolerance: float = 0.0,
-) -> float:
-    """[X] ADAPO, our design (paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, ε_high_max).
-
-    κ when entropy is below target (a looser upper clip lets rare tokens with A > 0 grow), 1/κ when above.
-    """
-    d = entropy_direction(entropy, target, tolerance)
-    new = eps_high * kappa**d
-    return min(max(new, eps_low), eps_high_max)
-
-
-def adaptive_bonus_step(
-    coef: float,
-    entropy: float,
-    target: float,
-    delta: float,
-    coef_min: float = 0.0,
-    coef_max: float = 1.0,
-    tolerance: float = 0.0,
-) -> float:
-    """Skywork-OR1's adaptive entropy coefficient: coef ± δ (up when below target), clipped to [min, max]."""
-    d = entropy_direction(entropy, target, tolerance)
-    return min(max(coef + d * delta, coef_min), coef_max)
-
-
-def iteration_entropy(record: StepRecord, source: EntropySource, device: Any = None) -> float:
-    """Token-mean entropy of π_old over the completion tokens of the *global* batch (all-reduced over ranks).
-
-    ``exact``: full-vocab H(s_t) (``record.entropy``); ``mc``: mean −log π_old of the sampled tokens.
-    """
-    m = record.loss_mask.double()
-    values = record.entropy if source == "exact" else -record.old_logp
-    sums = torch.stack([(values.double() * m).sum(), m.sum()])
-    sums = all_reduce(sums, "sum", device)
-    return float(sums[0] / sums[1].clamp_min(1.0))
+__all__ = [
+    "AdaptiveEntropyBonus",
+    "ClipHigherController",
+    "EntropyController",
+    "EntropySource",
+    "REPOZetaController",
+    "adaptive_bonus_step",
+    "clip_higher_step",
+    "entropy_direction",
+    "iteration_entropy",
+    "zeta_step",
+]
 
 
 def _positive(name: str, value: float) -> float:
