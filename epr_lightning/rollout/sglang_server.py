@@ -12,17 +12,16 @@ Weight sync (trainer rank 0 talks to the servers; every rank gathers, since DTen
   (``update_weights_from_distributed`` fired asynchronously, then a broadcast of each tensor, then await)
   → ``end_weight_update`` → ``continue_generation``. Begin/end are skipped when the server answers 404
   (sglang ≤ 0.5.20); any other rejection of begin fails closed (nothing is pushed).
+
+The retrying JSON client is ``sglang_http.py`` (``SGLangHTTPError``), the trainer side of the weight-update
+group ``sglang_sync.py`` (``TorchBroadcaster``); both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,73 +37,17 @@ from epr_lightning.rollout.sglang import (
     sample_seeds,
     sglang_sampling_params,
 )
+from epr_lightning.rollout.sglang_http import SGLangHTTPError, request_json
+from epr_lightning.rollout.sglang_sync import TorchBroadcaster, init_custom_process_group
 from epr_lightning.rollout.weights import dtype_name, iter_buckets, iter_hf_weights, save_hf_folder
 
-
-class SGLangHTTPError(RuntimeError):
-    """A server answered with an HTTP error status (``status``), or could not be reached (``status=None``)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def init_custom_process_group(
-    backend: str, init_method: str, world_size: int, rank: int, group_name: str
-) -> Any:
-    """A process group outside the default one, created like sglang's function of the same name (a
-    rendezvous store prefixed by ``group_name``); both sides of the weight-update group must agree on it."""
-    from datetime import timedelta
-
-    from torch.distributed.distributed_c10d import (
-        Backend,
-        PrefixStore,
-        _new_process_group_helper,
-        _world,
-        rendezvous,
-    )
-
-    timeout = timedelta(minutes=10)
-    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
-    pg, _ = _new_process_group_helper(
-        world_size,
-        rank,
-        [],
-        Backend(backend),
-        PrefixStore(group_name, store),
-        group_name=group_name,
-        backend_options=None,
-        timeout=timeout,
-    )
-    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
-    return pg
-
-
-class TorchBroadcaster:
-    """Trainer side of SGLang's weight-update group: joins as rank 0 and broadcasts tensors from rank 0.
-
-    Tested over gloo on CPU; with the servers it runs over NCCL (tensors must then be on the GPU).
-    Tests may replace it with any object that has the same ``join`` and ``broadcast`` methods.
-    """
-
-    def __init__(self) -> None:
-        self.group: Any = None
-
-    def join(
-        self, master_addr: str, master_port: int, world_size: int, group_name: str, backend: str
-    ) -> None:
-        self.group = init_custom_process_group(
-            backend, f"tcp://{master_addr}:{master_port}", world_size, 0, group_name
-        )
-
-    def broadcast(self, tensor: torch.Tensor) -> None:
-        torch.distributed.broadcast(tensor, src=0, group=self.group)
-
-    def close(self) -> None:
-        if self.group is not None:
-            torch.distributed.destroy_process_group(self.group)
-            self.group = None
+__all__ = [
+    "SGLangHTTPError",
+    "SGLangServerEngine",
+    "TorchBroadcaster",
+    "init_custom_process_group",
+    "request_json",
+]
 
 
 class SGLangServerEngine(RolloutEngine):
@@ -183,35 +126,16 @@ class SGLangServerEngine(RolloutEngine):
         self, url: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST"
     ) -> Any:
         """One JSON request with bounded retries (connection errors, timeouts, 5xx) and exponential backoff."""
-        data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
-        headers = {"Content-Type": "application/json"}
-        if self.admin_api_key:
-            headers["Authorization"] = f"Bearer {self.admin_api_key}"
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self._sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(url + path, data=data, headers=headers, method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read().decode()
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode(errors="replace")[:500]
-                if err.code < 500:
-                    raise SGLangHTTPError(
-                        f"SGLang server {url}: {method} {path} → HTTP {err.code}: {detail}", err.code
-                    ) from err
-                last = f"HTTP {err.code}: {detail}"
-                continue
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-                continue
-            try:
-                return json.loads(raw) if raw else None
-            except json.JSONDecodeError:
-                return raw
-        raise SGLangHTTPError(
-            f"SGLang server {url} unreachable: {method} {path} failed {self.max_retries + 1} times; last error: {last}"
+        return request_json(
+            url,
+            path,
+            body,
+            method=method,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            api_key=self.admin_api_key,
+            sleep=self._sleep,
         )
 
     def _all(self, path: str, body: dict[str, Any] | None = None) -> list[Any]:
