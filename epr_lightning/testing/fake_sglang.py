@@ -8,6 +8,9 @@ What is faithful (sglang 0.5.x, see the SGLang notes): token-in/token-out ``/gen
 ``begin_weight_update``/``end_weight_update`` (0.5.21+); ``/flush_cache`` answers 400 while busy.
 What is not: no KV cache, no batching across requests, no NCCL (``/update_weights_from_distributed``
 takes its tensors from :meth:`FakeSGLangServer.broadcast_sink` instead of a process group).
+
+This file holds the HTTP server; the model behind both fakes is ``fake_sglang_backend.py`` (``TinyBackend``)
+and the in-process module ``fake_sglang_module.py``; both names are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import types
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,107 +25,10 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.weights import dtype_from_name
+from epr_lightning.testing.fake_sglang_backend import TinyBackend, backend_from
+from epr_lightning.testing.fake_sglang_module import fake_sglang_module
 
-
-class TinyBackend:
-    """Samples from an HF causal LM one request at a time, the way SGLang reports results."""
-
-    def __init__(self, model: torch.nn.Module, eos_token_id: int | None) -> None:
-        self.model = model.eval()
-        self.eos_token_id = eos_token_id
-        self.weight_version = "default"
-        self.lock = threading.Lock()
-        self._requests = 0
-
-    @torch.no_grad()
-    def generate_one(self, input_ids: list[int], sp: dict[str, Any], return_logprob: bool) -> dict[str, Any]:
-        temperature = float(sp.get("temperature", 1.0))
-        top_p = float(sp.get("top_p", 1.0))
-        max_new = int(sp.get("max_new_tokens", 128))
-        stops = set(sp.get("stop_token_ids") or [])
-        if self.eos_token_id is not None and not sp.get("ignore_eos", False):
-            stops.add(self.eos_token_id)
-        with self.lock:
-            self._requests += 1
-            seed = sp.get("sampling_seed")
-            gen = torch.Generator().manual_seed(int(seed) if seed is not None else 1_000_003 * self._requests)
-            ids, out, lps, finish = list(input_ids), [], [], None
-            for _ in range(max_new):
-                logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-                if temperature == 0:  # greedy: SGLang returns unscaled log-probs
-                    logp = torch.log_softmax(logits, -1)
-                    tok = int(torch.argmax(logits))
-                else:
-                    logp = torch.log_softmax(logits / temperature, -1)
-                    probs = logp.exp()
-                    if top_p < 1.0:  # truncation changes sampling, not the reported log-prob
-                        sorted_p, order = probs.sort(descending=True)
-                        keep = sorted_p.cumsum(0) - sorted_p < top_p
-                        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-                    tok = int(torch.multinomial(probs, 1, generator=gen))
-                out.append(tok)
-                lps.append(float(logp[tok]))
-                ids.append(tok)
-                if tok in stops:
-                    finish = {"type": "stop", "matched": tok}
-                    break
-            if finish is None:
-                finish = {"type": "length", "length": len(out)}
-            meta = {
-                "id": f"req-{self._requests}",
-                "prompt_tokens": len(input_ids),
-                "completion_tokens": len(out),
-                "cached_tokens": 0,
-                "weight_version": self.weight_version,
-                "finish_reason": finish,
-            }
-            if return_logprob:
-                meta["output_token_logprobs"] = [(lp, t, None) for lp, t in zip(lps, out, strict=True)]
-            return {"output_ids": out, "meta_info": meta}
-
-    def generate(self, input_ids: Any, sampling_params: Any, return_logprob: bool) -> Any:
-        single = bool(input_ids) and isinstance(input_ids[0], int)
-        batch = [input_ids] if single else list(input_ids)
-        sps = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}] * len(batch)
-        if len(sps) != len(batch):
-            raise ValueError(f"{len(sps)} sampling_params for {len(batch)} inputs")
-        results = [self.generate_one(ids, sp, return_logprob) for ids, sp in zip(batch, sps, strict=True)]
-        return results[0] if single else results
-
-    def load_named_tensors(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into the model (unknown names are an error, like in SGLang's loaders)."""
-        params = self.model.state_dict()
-        with self.lock, torch.no_grad():
-            for name, tensor in named:
-                if name not in params:
-                    raise KeyError(f"unknown weight name {name!r}")
-                if tuple(params[name].shape) != tuple(tensor.shape):
-                    raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(params[name].shape)}")
-                params[name].copy_(tensor.to(params[name].dtype))
-
-    def load_dir(self, path: str) -> None:
-        from safetensors.torch import load_file
-
-        files = sorted(Path(path).glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors in {path}")
-        named = [item for f in files for item in load_file(str(f)).items()]
-        self.load_named_tensors(named)
-
-    def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list:
-        return self.model.state_dict()[name][:truncate_size].float().tolist()
-
-
-def _backend_from(model_dir: str | Path | None, model: Any, tokenizer: Any) -> TinyBackend:
-    if model_dir is not None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if model is None:
-        raise ValueError("FakeSGLang needs model_dir or (model, tokenizer)")
-    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-    return TinyBackend(model, eos)
+__all__ = ["FakeSGLangServer", "TinyBackend", "fake_sglang_module"]
 
 
 class FakeSGLangServer:
@@ -168,7 +72,7 @@ class FakeSGLangServer:
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"FakeSGLangServer binds loopback only, got host={host!r}")
-        self.backend = _backend_from(model_dir, model, tokenizer)
+        self.backend = backend_from(model_dir, model, tokenizer)
         self.transactional = transactional
         self.admin_api_key = admin_api_key
         self.requests: list[tuple[str, str, Any]] = []
@@ -357,99 +261,3 @@ class FakeSGLangServer:
                 pass
 
         return Handler
-
-
-# ---------------------------------------------------------------------------------------------------
-# In-process: a stand-in for the ``sglang`` module (inject with monkeypatch.setitem(sys.modules, ...)).
-
-
-def fake_sglang_module(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    *,
-    transactional: bool = True,
-    on_call: Callable[[str, tuple, dict], Any] | None = None,
-) -> types.ModuleType:
-    """A module with an ``Engine`` class mimicking ``sglang.Engine`` (skip_tokenizer_init mode).
-
-    Every call is appended to ``module.calls`` as ``(method, args, kwargs)``; ``module.engines`` holds the
-    created engines. ``on_call(method, args, kwargs)`` runs first and may raise to simulate a rejection.
-    ``transactional=False`` emulates ≤ 0.5.20 (no ``begin_weight_update`` attribute at all).
-    """
-    mod = types.ModuleType("sglang")
-    mod.calls = []  # type: ignore[attr-defined]
-    mod.engines = []  # type: ignore[attr-defined]
-    backend = TinyBackend(model, getattr(tokenizer, "eos_token_id", None))
-
-    class Engine:
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
-            self.in_transaction = False
-            self.released: set[str] = set()
-            self._record("__init__", (), kwargs)
-            mod.engines.append(self)
-
-        def _record(self, name: str, args: tuple, kwargs: dict) -> None:
-            mod.calls.append((name, args, kwargs))
-            if on_call is not None:
-                on_call(name, args, kwargs)
-
-        def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **kw):  # noqa: ANN001,ANN201
-            self._record(
-                "generate",
-                (),
-                dict(
-                    input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob, **kw
-                ),
-            )
-            if self.released:
-                raise RuntimeError(f"generate while memory released: {sorted(self.released)}")
-            return backend.generate(input_ids, sampling_params, return_logprob)
-
-        def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):  # noqa: ANN001,ANN201
-            self._record(
-                "update_weights_from_tensor",
-                (named_tensors,),
-                dict(load_format=load_format, flush_cache=flush_cache),
-            )
-            if transactional and not self.in_transaction:
-                return False, "update_weights_from_tensor outside begin_weight_update/end_weight_update"
-            if "weights" in self.released:
-                return False, "weights are released"
-            backend.load_named_tensors(list(named_tensors))
-            return True, "Success"
-
-        def flush_cache(self):  # noqa: ANN201
-            self._record("flush_cache", (), {})
-
-        def release_memory_occupation(self, tags=None):  # noqa: ANN001,ANN201
-            self._record("release_memory_occupation", (), dict(tags=tags))
-            self.released |= set(tags or ["kv_cache", "weights", "cuda_graph"])
-
-        def resume_memory_occupation(self, tags=None):  # noqa: ANN001,ANN201
-            self._record("resume_memory_occupation", (), dict(tags=tags))
-            self.released -= set(tags or ["kv_cache", "weights", "cuda_graph"])
-
-        def get_weights_by_name(self, name, truncate_size=100):  # noqa: ANN001,ANN201
-            self._record("get_weights_by_name", (name,), dict(truncate_size=truncate_size))
-            return backend.get_weights_by_name(name, truncate_size)
-
-        def shutdown(self):  # noqa: ANN201
-            self._record("shutdown", (), {})
-
-    if transactional:
-
-        def begin_weight_update(self, **kw):  # noqa: ANN001,ANN201
-            self._record("begin_weight_update", (), kw)
-            self.in_transaction = True
-
-        def end_weight_update(self, **kw):  # noqa: ANN001,ANN201
-            self._record("end_weight_update", (), kw)
-            self.in_transaction = False
-
-        Engine.begin_weight_update = begin_weight_update  # type: ignore[attr-defined]
-        Engine.end_weight_update = end_weight_update  # type: ignore[attr-defined]
-
-    mod.Engine = Engine  # type: ignore[attr-defined]
-    mod.backend = backend  # type: ignore[attr-defined]
-    return mod
