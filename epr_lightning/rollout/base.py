@@ -85,7 +85,9 @@ class Rollout:
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         loss_mask = torch.zeros((n, width), dtype=torch.float32)
         sampler_lp = torch.zeros((n, width), dtype=torch.float32)
-        for i, (p, c, lp) in enumerate(zip(self.prompt_ids, self.completion_ids, self.sampler_logprobs, strict=True)):
+        for i, (p, c, lp) in enumerate(
+            zip(self.prompt_ids, self.completion_ids, self.sampler_logprobs, strict=True)
+        ):
             row = p + c
             input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, : len(row)] = 1
