@@ -257,13 +257,13 @@ class RLModule(pl.LightningModule):
             raise RuntimeError("RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)")
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
-    def policy_pass(self, tokens: TokenBatch, *, grad: bool) -> PolicyPass:
-        """fp32 log-probs and exact entropies of the completion tokens under the current policy."""
+    def policy_pass(self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None) -> PolicyPass:
+        """fp32 log-probs and exact entropies of the completion tokens under the current policy (or ``model``)."""
         from epr_lightning.logprobs import token_logprobs_and_entropy
 
         with torch.set_grad_enabled(grad):
             logp, entropy = token_logprobs_and_entropy(
-                self.policy,
+                self.policy if model is None else model,
                 tokens.input_ids,
                 tokens.attention_mask,
                 tokens.loss_mask,

@@ -171,20 +171,8 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
     )
 
 
-@torch.no_grad()
 def _reference_logp(module: RLModule, tokens: TokenBatch) -> Tensor:
-    from epr_lightning.logprobs import token_logprobs_and_entropy
-
     ref = module.reference
     if ref.device != tokens.input_ids.device:
         ref.to(tokens.input_ids.device)
-    logp, _ = token_logprobs_and_entropy(
-        ref,
-        tokens.input_ids,
-        tokens.attention_mask,
-        tokens.loss_mask,
-        temperature=module.sampling.temperature,
-        chunk_size=module.logprob_chunk_size,
-        fp32_head=module.fp32_lm_head,
-    )
-    return logp
+    return module.policy_pass(tokens, grad=False, model=ref).logp

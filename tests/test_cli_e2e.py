@@ -129,3 +129,19 @@ def test_print_config_shows_composed_method(tmp_path, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "epr_lightning.objectives.REPOR" in out and "REPOZetaController" in out and "Checkpoint" in out
+
+
+def test_kl_to_reference_runs_and_reference_is_not_checkpointed(tmp_path):
+    runs = fit_tiny(
+        tmp_path,
+        "--model.init_args.objective.init_args.terms",
+        "[{class_path: epr_lightning.objectives.KLPenalty, init_args: {coef: 0.1}}]",
+        "--model.init_args.optimizer.init_args.lr", "0.05",
+        "--trainer.limit_val_batches", "0",
+    )
+    values = scalars(runs)
+    kl = values["policy/kl_ref"]
+    assert kl[0] == 0.0  # the first update starts from the reference itself
+    assert kl[1] > 0.0 and all(math.isfinite(v) for v in kl)  # after one step the policy has moved away
+    state = torch.load(next(runs.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert not any("reference" in k for k in state["state_dict"])

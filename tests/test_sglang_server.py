@@ -314,6 +314,9 @@ def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:  
         "t = torch.empty(2, 3, dtype=torch.bfloat16)\n"
         "torch.distributed.broadcast(t, src=0, group=pg)\n"
         f"torch.save(t, {str(tmp_path / 'got.pt')!r})\n"
+        # leave the group before exiting: gloo's threads abort the process ("terminate called without an
+        # active exception", SIGABRT) when torch tears down a live group at interpreter exit
+        "torch.distributed.destroy_process_group(pg)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", peer])
     bc = TorchBroadcaster()
