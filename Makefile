@@ -36,7 +36,7 @@ bench: setup
 	$(PY) tools/bench.py
 
 plots: setup
-	$(PY) tools/plot_runs.py runs/* --out runs/plots
+	$(PY) tools/plot_runs.py runs/*/version_* --out runs/plots
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir runs
