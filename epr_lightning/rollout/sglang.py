@@ -46,6 +46,24 @@ def sample_seeds(seed: int, rank: int, call_index: int, n: int) -> list[int]:
     return [rng.randrange(1, 2**31 - 1) for _ in range(n)]
 
 
+def build_requests(
+    prompt_ids: list[list[int]],
+    num_samples: int,
+    params: SamplingParams,
+    tokenizer: Any,
+    rank: int,
+    call_index: int,
+    send_seed: bool,
+) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """Prompt-major ``input_ids`` (each prompt ``num_samples`` times) and one sampling-params dict per sample."""
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be > 0, got {num_samples}")
+    inputs = [list(p) for p in prompt_ids for _ in range(num_samples)]
+    seeds = sample_seeds(params.seed, rank, call_index, len(inputs))
+    stops = stop_ids(params, tokenizer)
+    return inputs, [sglang_sampling_params(params, stops, s if send_seed else None) for s in seeds]
+
+
 def sglang_sampling_params(
     params: SamplingParams, stop_token_ids: list[int], seed: int | None
 ) -> dict[str, Any]:
@@ -305,13 +323,10 @@ class SGLangEngine(RolloutEngine):
         engine = self._require_engine()
         if self._asleep:
             raise RuntimeError("SGLangEngine.generate called while asleep; call wake_up() first")
-        if num_samples <= 0:
-            raise ValueError(f"num_samples must be > 0, got {num_samples}")
-        inputs = [list(p) for p in prompt_ids for _ in range(num_samples)]
-        seeds = sample_seeds(params.seed, self.rank, self._calls, len(inputs))
+        inputs, sps = build_requests(
+            prompt_ids, num_samples, params, self.tokenizer, self.rank, self._calls, self.send_sampling_seed
+        )
         self._calls += 1
-        stops = stop_ids(params, self.tokenizer)
-        sps = [sglang_sampling_params(params, stops, s if self.send_sampling_seed else None) for s in seeds]
 
         def submit(idx: list[int]) -> list[dict[str, Any]]:
             out = engine.generate(

@@ -30,13 +30,8 @@ from typing import Any
 
 import torch
 
-from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
-from epr_lightning.rollout.sglang import (
-    build_rollout,
-    generate_with_resubmit,
-    sample_seeds,
-    sglang_sampling_params,
-)
+from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
+from epr_lightning.rollout.sglang import build_requests, build_rollout, generate_with_resubmit
 from epr_lightning.rollout.sglang_http import SGLangHTTPError, request_json
 from epr_lightning.rollout.sglang_sync import TorchBroadcaster, init_custom_process_group
 from epr_lightning.rollout.weights import dtype_name, iter_buckets, iter_hf_weights, save_hf_folder
@@ -189,13 +184,10 @@ class SGLangServerEngine(RolloutEngine):
         *,
         model: torch.nn.Module | None = None,
     ) -> Rollout:
-        if num_samples <= 0:
-            raise ValueError(f"num_samples must be > 0, got {num_samples}")
-        inputs = [list(p) for p in prompt_ids for _ in range(num_samples)]
-        seeds = sample_seeds(params.seed, self.rank, self._calls, len(inputs))
+        inputs, sps = build_requests(
+            prompt_ids, num_samples, params, self.tokenizer, self.rank, self._calls, self.send_sampling_seed
+        )
         self._calls += 1
-        stops = stop_ids(params, self.tokenizer)
-        sps = [sglang_sampling_params(params, stops, s if self.send_sampling_seed else None) for s in seeds]
         targets = [self.router_url] if self.router_url else self.urls
 
         def post(url: str, idx: list[int]) -> list[dict[str, Any]]:
