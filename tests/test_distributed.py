@@ -170,6 +170,7 @@ def _fsdp_worker(out: str) -> None:
     result["lora/plain_tensors"] = float(all(type(v) is torch.Tensor for v in merged.values()))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
+    dist.barrier()  # no rank tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
@@ -213,3 +214,9 @@ def test_decoder_blocks_are_the_transformer_layers(tiny_model: torch.nn.Module) 
 
 if __name__ == "__main__":  # torchrun entry for test_fsdp2_logprobs_and_grads_equal_unsharded
     _fsdp_worker(os.environ["EPR_FSDP_WORKER_OUT"])
+    # Seen once in a fresh clone: gloo's C++ teardown at interpreter exit aborted a rank ("terminate called
+    # without an active exception", SIGABRT) after the group was destroyed and the results written. Skip the
+    # static destructors; everything this worker has to say is already in the results file.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
