@@ -78,6 +78,7 @@ import warnings
 
 import lightning.pytorch as pl
 import pytest
+from conftest import quiet_tiny_args
 
 from epr_lightning.cli import build_cli
 
@@ -107,23 +108,9 @@ class Trace(pl.Callback):
 
 def run(method, tmp_path, iterations=ITERATIONS, seed=0, extra=()):
     cli = build_cli(
-        [
-            "--config",
-            "configs/tiny_cpu.yaml",
-            "--config",
-            f"configs/method/{method}.yaml",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_checkpointing",
-            "false",
-            "--trainer.callbacks",
-            "[]",
-            "--trainer.limit_val_batches",
-            "0",
-            "--trainer.default_root_dir",
-            str(tmp_path),
+        quiet_tiny_args(
+            tmp_path,
+            method,
             f"--seed_everything={seed}",
             f"--model.init_args.sampling.seed={seed}",  # the engine's sampling seed (seed_everything does not set it)
             f"--model.init_args.policy.init_args.seed={seed}",  # the tiny model's initialisation
@@ -137,7 +124,7 @@ def run(method, tmp_path, iterations=ITERATIONS, seed=0, extra=()):
             "--model.init_args.ppo_epochs=2",
             "--model.init_args.minibatch_size=8",
             *extra,
-        ],
+        ),
         run=False,
     )
     trace = Trace()

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import quiet_tiny_args
 from epr_lightning.callbacks import EntropyDynamics
 from epr_lightning.callbacks.dynamics import record_batch, signed_covariances
 
@@ -93,29 +94,15 @@ def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
     from epr_lightning.cli import build_cli
 
     cli = build_cli(
-        [
-            "--config",
-            "configs/tiny_cpu.yaml",
-            "--config",
-            "configs/method/grpo.yaml",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_checkpointing",
-            "false",
-            "--trainer.callbacks",
-            "[]",
-            "--trainer.limit_val_batches",
-            "0",
-            "--trainer.default_root_dir",
-            str(tmp_path),
+        quiet_tiny_args(
+            tmp_path,
+            "grpo",
             "--data.init_args.task",
             "epr_lightning.tasks.CharacterTask",
             "--data.init_args.batches_per_epoch",
             "8",
             "--model.init_args.optimizer.init_args.lr=1e-2",
-        ],
+        ),
         run=False,
     )
     dyn = EntropyDynamics()
