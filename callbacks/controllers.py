@@ -17,6 +17,11 @@ Controllers are usually given to the module (``model.init_args.controllers`` in 
 returns them from ``configure_callbacks``: that way a method config never replaces ``trainer.callbacks``.
 Their state (coefficient, H*, counters) is checkpointed under ``state_key``; on resume the restored coefficient
 is pushed into the objective (the module restores the objective too; the two must agree).
+
+Saturation: a bounded knob can run out. When the coefficient has sat at the bound of the direction entropy needs
+(e.g. ADAPO's ε_high at ``eps_high_max`` while H < H*) for ``saturation_patience`` consecutive iterations, the
+controller warns once per such episode and logs ``ctrl/saturated`` = 1 (0 otherwise): the controller can no
+longer move entropy toward H*, and the run needs a wider bound or another method.
 """
 
 from __future__ import annotations
@@ -74,7 +79,12 @@ class EntropyController(Callback):
     method_yaml = "configs/method/*.yaml"
 
     def __init__(
-        self, target: EntropyTarget | None, entropy_source: EntropySource, tolerance: float, name: str | None
+        self,
+        target: EntropyTarget | None,
+        entropy_source: EntropySource,
+        tolerance: float,
+        name: str | None,
+        saturation_patience: int = 5,
     ) -> None:
         if entropy_source not in EntropySource.__args__:
             raise ValueError(
@@ -82,6 +92,12 @@ class EntropyController(Callback):
             )
         if not (math.isfinite(float(tolerance)) and tolerance >= 0):
             raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
+        if isinstance(saturation_patience, bool) or not isinstance(saturation_patience, int) or saturation_patience < 0:
+            raise ValueError(
+                f"saturation_patience must be an integer >= 0 (0 = never warn), got {saturation_patience!r}"
+            )
+        self.saturation_patience = saturation_patience
+        self.saturated_iterations = 0
         self.target = target if target is not None else InitialEntropy()
         self.entropy_source = entropy_source
         self.tolerance = float(tolerance)
@@ -107,6 +123,11 @@ class EntropyController(Callback):
     def check_coef(self, coef: float, where: str) -> None:
         """Raise a clear error when a starting coefficient is outside the controller's range."""
 
+    @abstractmethod
+    def limit(self, direction: int) -> tuple[float, str]:
+        """(bound, the argument that sets it): where the coefficient ends up after pushing entropy in
+        ``direction`` (+1 raise, −1 lower) as far as the controller can."""
+
     # -- naming and state -----------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
@@ -122,6 +143,7 @@ class EntropyController(Callback):
             "updates": self.updates,
             "last_entropy": self.last_entropy,
             "last_target": self.last_target,
+            "saturated_iterations": self.saturated_iterations,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,6 +154,7 @@ class EntropyController(Callback):
         self.updates = int(state.get("updates", 0))
         self.last_entropy = state.get("last_entropy")
         self.last_target = state.get("last_target")
+        self.saturated_iterations = int(state.get("saturated_iterations", 0))
         self._restored = self.coef is not None
 
     # -- hooks ----------------------------------------------------------------------------------------
@@ -192,12 +215,30 @@ class EntropyController(Callback):
         setattr(self._piece, self._attr, self.coef)
         self.updates += 1
         self.last_entropy, self.last_target = h, target
+        self.track_saturation(h, target)
         for what, value in (
             (self.coef_name, self.coef),
             ("target_entropy", target),
             ("entropy_error", h - target),
+            ("saturated", float(self.saturated_iterations > 0)),
         ):
             pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
+
+
+    def track_saturation(self, entropy: float, target: float) -> None:
+        """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""
+        direction = entropy_direction(entropy, target, self.tolerance)
+        bound, arg = self.limit(direction) if direction else (math.nan, "")
+        at_bound = direction != 0 and math.isclose(self.coef, bound, rel_tol=1e-9, abs_tol=1e-12)
+        self.saturated_iterations = self.saturated_iterations + 1 if at_bound else 0
+        if self.saturation_patience and self.saturated_iterations == self.saturation_patience:
+            side = "below" if direction > 0 else "above"
+            rank_zero_warn(
+                f"{type(self).__name__}: {self.coef_name} has been at its bound {bound:g} ({arg}) for "
+                f"{self.saturated_iterations} iterations while the entropy ({entropy:.4g}) is still {side} the target "
+                f"({target:.4g}); this controller cannot move the entropy further. Widen {arg} or choose another "
+                "method (configs/method/repo_r.yaml)"
+            )
 
 
 class REPOZetaController(EntropyController):
@@ -214,6 +255,8 @@ class REPOZetaController(EntropyController):
         tolerance: no change while |H − H*| ≤ tolerance·H* (0 = the paper's rule).
         entropy_source: ``exact`` (full-vocab H) or ``mc`` (mean −log π of sampled tokens).
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+        saturation_patience: warn after this many consecutive iterations at ±zeta_max with entropy still on the
+            wrong side (0 = never).
     """
 
     method_yaml = "configs/method/repo_r.yaml"
@@ -227,8 +270,9 @@ class REPOZetaController(EntropyController):
         tolerance: float = 0.0,
         entropy_source: EntropySource = "exact",
         name: str | None = None,
+        saturation_patience: int = 5,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
         self.zeta_min = _positive("zeta_min", zeta_min)
         self.zeta_max = _positive("zeta_max", zeta_max)
         if not self.zeta_min < self.zeta_max:
@@ -255,6 +299,9 @@ class REPOZetaController(EntropyController):
                 "(REPO-D uses zeta_min=1e-3, zeta_max=10: configs/method/repo_d.yaml)"
             )
 
+    def limit(self, direction: int) -> tuple[float, str]:
+        return direction * self.zeta_max, "zeta_max"
+
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return zeta_step(coef, entropy, target, self.zeta_min, self.zeta_max, self.tolerance)
 
@@ -273,6 +320,8 @@ class ClipHigherController(EntropyController):
         tolerance: no change while |H − H*| ≤ tolerance·H*.
         entropy_source: ``exact`` or ``mc``.
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+        saturation_patience: warn after this many consecutive iterations at eps_high_max (entropy below H*) or
+            at ε_low (above H*) (0 = never).
     """
 
     coef_name = "eps_high"
@@ -287,8 +336,9 @@ class ClipHigherController(EntropyController):
         tolerance: float = 0.0,
         entropy_source: EntropySource = "exact",
         name: str | None = None,
+        saturation_patience: int = 5,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
         self.kappa = _positive("kappa", kappa)
         if not self.kappa > 1:
             raise ValueError(f"kappa must be > 1 (the multiplicative step), got {kappa!r}")
@@ -307,6 +357,9 @@ class ClipHigherController(EntropyController):
             raise ValueError(
                 f"{where}={coef!r} must be > 0 and within [eps_low={low}, eps_high_max={self.eps_high_max}]"
             )
+
+    def limit(self, direction: int) -> tuple[float, str]:
+        return (self.eps_high_max, "eps_high_max") if direction > 0 else (float(self._piece.eps_low), "eps_low")
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return clip_higher_step(
@@ -328,6 +381,8 @@ class AdaptiveEntropyBonus(EntropyController):
         tolerance: no change while |H − H*| ≤ tolerance·H*.
         entropy_source: ``exact`` or ``mc``.
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
+        saturation_patience: warn after this many consecutive iterations at coef_max (entropy below H*) or
+            coef_min (above H*) (0 = never).
     """
 
     coef_name = "entropy_coef"
@@ -343,8 +398,9 @@ class AdaptiveEntropyBonus(EntropyController):
         tolerance: float = 0.0,
         entropy_source: EntropySource = "exact",
         name: str | None = None,
+        saturation_patience: int = 5,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
         self.delta = _positive("delta", delta)
         self.coef_min = float(coef_min)
         self.coef_max = _positive("coef_max", coef_max)
@@ -366,6 +422,9 @@ class AdaptiveEntropyBonus(EntropyController):
             raise ValueError(
                 f"{where}={coef!r} must be within [coef_min={self.coef_min}, coef_max={self.coef_max}]"
             )
+
+    def limit(self, direction: int) -> tuple[float, str]:
+        return (self.coef_max, "coef_max") if direction > 0 else (self.coef_min, "coef_min")
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return adaptive_bonus_step(

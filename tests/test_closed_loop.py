@@ -129,9 +129,10 @@ def run(method, tmp_path, iterations=ITERATIONS, seed=0, extra=()):
     )
     trace = Trace()
     cli.trainer.callbacks.append(trace)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cli.trainer.fit(cli.model, cli.datamodule)
+    trace.warnings = [str(w.message) for w in caught]
     return trace
 
 
@@ -185,6 +186,9 @@ def test_adapo_exhausts_its_knob(runs):
     assert max(late) < 0.01, (
         late
     )  # with ε_high at its cap the upper clip no longer binds: nothing left to raise
+    # ... and the controller says so (once, after saturation_patience = 5 iterations at the cap)
+    saturated = [w for w in trace.warnings if "eps_high has been at its bound 1 (eps_high_max)" in w]
+    assert len(saturated) == 1 and "below the target" in saturated[0]
 
 
 @pytest.mark.xfail(

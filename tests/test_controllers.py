@@ -180,6 +180,42 @@ def test_clip_higher_controller_adapts_ppo_eps_high():
     assert module.logged["ctrl/eps_high"] == pytest.approx(0.4375)
 
 
+def test_clip_higher_saturation_warns_once_per_episode_and_logs():
+    loss = PPOClipLoss(eps_low=0.2, eps_high=0.28)
+    module = FakeModule(Objective(loss=loss))
+    ctrl = ClipHigherController(kappa=2.0, saturation_patience=3)
+    ctrl.setup(None, module, "fit")
+    ctrl.on_train_start(None, module)
+    # H* = 2 at iteration 0; then always below: 0.28 -> 0.56 -> 1.0 (cap, iteration 2) -> 1.0 -> 1.0 -> ...
+    saturated, messages = [], []
+    for i, h in enumerate([2.0] + [1.0] * 7 + [3.0] + [1.0] * 3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ctrl.on_train_batch_end(None, module, {"record": record(i, h)}, None, i)
+        saturated.append(module.logged["ctrl/saturated"])
+        messages += [(i, str(w.message)) for w in caught]
+    # at the cap from iteration 2 on: warn at the 3rd consecutive iteration (4) and not again in that episode;
+    # iteration 8 (above H*) leaves the cap (1.0 -> 0.5) and resets; 9 is back at the cap: a new episode warns at 11
+    assert saturated == [0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]
+    assert [i for i, _ in messages] == [4, 11]
+    text = messages[0][1]
+    assert "eps_high" in text and "1 (eps_high_max)" in text and "below the target (2)" in text
+    assert "repo_r.yaml" in text
+    assert ctrl.state_dict()["saturated_iterations"] == 3
+
+
+def test_zeta_saturation_in_the_lowering_direction_and_disabled_patience():
+    repo_r = REPOR(zeta=-0.05)
+    module = FakeModule(Objective(transforms=[repo_r]))
+    with pytest.warns(UserWarning, match=r"zeta has been at its bound -0.05 \(zeta_max\).*above the target"):
+        drive(REPOZetaController(saturation_patience=2), module, [2.0, 3.0, 3.0])
+    quiet = REPOZetaController(saturation_patience=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drive(quiet, FakeModule(Objective(transforms=[REPOR(zeta=-0.05)])), [2.0] + [3.0] * 10)
+    assert quiet.saturated_iterations == 10
+
+
 def test_adaptive_bonus_controller_adapts_the_entropy_term():
     bonus = EntropyBonus(coef=0.0)
     drive(AdaptiveEntropyBonus(delta=0.01), FakeModule(Objective(terms=[bonus])), [2.0, 1.0, 1.0, 3.0])
@@ -214,6 +250,7 @@ def test_out_of_range_starting_zeta_points_to_repo_d_yaml():
         (lambda: ClipHigherController(kappa=1.0), "kappa"),
         (lambda: AdaptiveEntropyBonus(delta=0.0), "delta"),
         (lambda: AdaptiveEntropyBonus(coef_min=0.1, coef_max=0.05), "coef_min"),
+        (lambda: ClipHigherController(saturation_patience=-1), "saturation_patience"),
     ],
 )
 def test_bad_controller_arguments(make, match):
@@ -232,6 +269,7 @@ def test_state_round_trip_pushes_the_restored_coefficient():
         "updates": 3,
         "last_entropy": 1.0,
         "last_target": 2.0,
+        "saturated_iterations": 0,
     }
     fresh_piece = REPOR(zeta=1e-3)  # e.g. an objective built from YAML before the restore
     fresh = REPOZetaController()
