@@ -6,36 +6,15 @@
 | ``ClipHigherController`` (ADAPO) | ε_high of ``PPOClipLoss``/``GSPOLoss`` | ``clip_higher_step``: ×κ^{±1} within [ε_low, max] [X] |
 | ``AdaptiveEntropyBonus`` | coef of ``EntropyBonus`` | ``adaptive_bonus_step``: ±δ within [min, max] (Skywork-OR1) |
 
-The pure rules (and ``iteration_entropy``) live in ``control_rules.py`` and are re-exported here.
-
-Timing (paper.md §5): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
-``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
-record (before any update). The new coefficient is written into the objective piece and is used from the next
-iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.
-
-Controllers are usually given to the module (``model.init_args.controllers`` in ``configs/method/*.yaml``), which
-returns them from ``configure_callbacks``: that way a method config never replaces ``trainer.callbacks``.
-Their state (coefficient, H*, counters) is checkpointed under ``state_key``; on resume the restored coefficient
-is pushed into the objective (the module restores the objective too; the two must agree).
-
-Saturation: a bounded knob can run out. When the coefficient has sat at the bound of the direction entropy needs
-(e.g. ADAPO's ε_high at ``eps_high_max`` while H < H*) for ``saturation_patience`` consecutive iterations, the
-controller warns once per such episode and logs ``ctrl/saturated`` = 1 (0 otherwise): the controller can no
-longer move entropy toward H*, and the run needs a wider bound or another method.
+The pure rules (and ``iteration_entropy``) live in ``control_rules.py``, the shared plumbing (timing, state,
+saturation warning) in ``controller_base.py``; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from typing import Any
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
-
-from ._logging import get_record
 from .control_rules import (
     EntropySource,
     adaptive_bonus_step,
@@ -44,7 +23,8 @@ from .control_rules import (
     iteration_entropy,
     zeta_step,
 )
-from .targets import EntropyTarget, InitialEntropy
+from .controller_base import EntropyController, _positive
+from .targets import EntropyTarget
 
 __all__ = [
     "AdaptiveEntropyBonus",
@@ -58,187 +38,6 @@ __all__ = [
     "iteration_entropy",
     "zeta_step",
 ]
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- callbacks
-class EntropyController(Callback):
-    """Shared plumbing: find the piece, read H and H*, apply ``rule``, write back, log, checkpoint.
-
-    Subclasses define ``coef_name`` (the metric name), ``pieces`` (the objective pieces it can adapt, with the
-    attribute name) and ``rule``.
-    """
-
-    coef_name = "coef"
-    method_yaml = "configs/method/*.yaml"
-
-    def __init__(
-        self,
-        target: EntropyTarget | None,
-        entropy_source: EntropySource,
-        tolerance: float,
-        name: str | None,
-        saturation_patience: int = 5,
-    ) -> None:
-        if entropy_source not in EntropySource.__args__:
-            raise ValueError(
-                f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}"
-            )
-        if not (math.isfinite(float(tolerance)) and tolerance >= 0):
-            raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
-        if isinstance(saturation_patience, bool) or not isinstance(saturation_patience, int) or saturation_patience < 0:
-            raise ValueError(
-                f"saturation_patience must be an integer >= 0 (0 = never warn), got {saturation_patience!r}"
-            )
-        self.saturation_patience = saturation_patience
-        self.saturated_iterations = 0
-        self.target = target if target is not None else InitialEntropy()
-        self.entropy_source = entropy_source
-        self.tolerance = float(tolerance)
-        self.name = name
-        self.coef: float | None = None
-        self.initial_entropy: float | None = None
-        self.updates = 0
-        self.last_entropy: float | None = None
-        self.last_target: float | None = None
-        self._restored = False
-        self._piece: Any = None
-        self._attr = ""
-
-    # -- subclass API ---------------------------------------------------------------------------------
-    @abstractmethod
-    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
-        """(piece, attribute) pairs of ``objective`` this controller can adapt."""
-
-    @abstractmethod
-    def rule(self, coef: float, entropy: float, target: float) -> float:
-        """The next coefficient."""
-
-    def check_coef(self, coef: float, where: str) -> None:
-        """Raise a clear error when a starting coefficient is outside the controller's range."""
-
-    @abstractmethod
-    def limit(self, direction: int) -> tuple[float, str]:
-        """(bound, the argument that sets it): where the coefficient ends up after pushing entropy in
-        ``direction`` (+1 raise, −1 lower) as far as the controller can."""
-
-    # -- naming and state -----------------------------------------------------------------------------
-    @property
-    def state_key(self) -> str:
-        return type(self).__qualname__ + (f"[{self.name}]" if self.name else "")
-
-    def metric(self, what: str) -> str:
-        return f"ctrl/{self.name}/{what}" if self.name else f"ctrl/{what}"
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "coef": self.coef,
-            "initial_entropy": self.initial_entropy,
-            "updates": self.updates,
-            "last_entropy": self.last_entropy,
-            "last_target": self.last_target,
-            "saturated_iterations": self.saturated_iterations,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.coef = None if state.get("coef") is None else float(state["coef"])
-        self.initial_entropy = (
-            None if state.get("initial_entropy") is None else float(state["initial_entropy"])
-        )
-        self.updates = int(state.get("updates", 0))
-        self.last_entropy = state.get("last_entropy")
-        self.last_target = state.get("last_target")
-        self.saturated_iterations = int(state.get("saturated_iterations", 0))
-        self._restored = self.coef is not None
-
-    # -- hooks ----------------------------------------------------------------------------------------
-    def bind(self, objective: Any) -> None:
-        """Find the one piece to adapt; a clear error when there is none or several."""
-        found = self.pieces(objective)
-        if not found:
-            pieces = ", ".join(type(p).__name__ for p in objective._pieces().values()) or "nothing"
-            raise ValueError(
-                f"{type(self).__name__} adapts {self.coef_name} but the objective has no piece with it (it has: "
-                f"{pieces}); compose the matching method config, e.g. --config {self.method_yaml}"
-            )
-        if len(found) > 1:
-            names = ", ".join(type(p).__name__ for p, _ in found)
-            raise ValueError(
-                f"{type(self).__name__}: the objective has several pieces it could adapt ({names}); keep one"
-            )
-        self._piece, self._attr = found[0]
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        objective = getattr(pl_module, "objective", None)
-        if objective is None:
-            raise ValueError(
-                f"{type(self).__name__} needs a module with an `objective` (epr_lightning.module.RLModule)"
-            )
-        self.bind(objective)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        current = float(getattr(self._piece, self._attr))
-        if self._restored:
-            if not math.isclose(current, self.coef, rel_tol=1e-9, abs_tol=1e-12):
-                rank_zero_warn(
-                    f"{type(self).__name__}: restored {self.coef_name}={self.coef!r} differs from the objective's "
-                    f"{current!r}; using the controller's value"
-                )
-        else:
-            if self.coef is None:
-                self.coef = current
-            self.check_coef(self.coef, f"{type(self._piece).__name__}.{self._attr}")
-        setattr(self._piece, self._attr, self.coef)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        record = get_record(outputs)
-        if record is None:
-            return
-        h = iteration_entropy(record, self.entropy_source, pl_module.device)
-        if self.initial_entropy is None:
-            if record.iteration != 0:
-                rank_zero_warn(
-                    f"{type(self).__name__}: no iteration-0 entropy (controller added mid-run?); measuring H* from "
-                    f"iteration {record.iteration}"
-                )
-            self.initial_entropy = h
-        target = float(self.target.value(record.iteration, self.initial_entropy))
-        self.coef = float(self.rule(self.coef, h, target))
-        setattr(self._piece, self._attr, self.coef)
-        self.updates += 1
-        self.last_entropy, self.last_target = h, target
-        self.track_saturation(h, target)
-        for what, value in (
-            (self.coef_name, self.coef),
-            ("target_entropy", target),
-            ("entropy_error", h - target),
-            ("saturated", float(self.saturated_iterations > 0)),
-        ):
-            pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
-
-
-    def track_saturation(self, entropy: float, target: float) -> None:
-        """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""
-        direction = entropy_direction(entropy, target, self.tolerance)
-        bound, arg = self.limit(direction) if direction else (math.nan, "")
-        at_bound = direction != 0 and math.isclose(self.coef, bound, rel_tol=1e-9, abs_tol=1e-12)
-        self.saturated_iterations = self.saturated_iterations + 1 if at_bound else 0
-        if self.saturation_patience and self.saturated_iterations == self.saturation_patience:
-            side = "below" if direction > 0 else "above"
-            rank_zero_warn(
-                f"{type(self).__name__}: {self.coef_name} has been at its bound {bound:g} ({arg}) for "
-                f"{self.saturated_iterations} iterations while the entropy ({entropy:.4g}) is still {side} the target "
-                f"({target:.4g}); this controller cannot move the entropy further. Widen {arg} or choose another "
-                "method (configs/method/repo_r.yaml)"
-            )
 
 
 class REPOZetaController(EntropyController):
