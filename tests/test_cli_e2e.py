@@ -106,11 +106,9 @@ def test_invalid_values_are_named(tmp_path, capsys, flag, value, needle):
 
 
 def test_plot_runs_from_two_real_tiny_runs(tmp_path):
-    import importlib.util
+    from conftest import load_tool
 
-    spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "tools/plot_runs.py")
-    plot_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_runs)
+    plot_runs = load_tool("plot_runs")
     runs = []
     for name, extra in (("grpo", []), ("repo_r", ["--config", str(ROOT / "configs/method/repo_r.yaml")])):
         out = fit_tiny(tmp_path / name, *extra, "--trainer.limit_val_batches", "1")

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("entropy_sweep", ROOT / "tools" / "entropy_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool
 
 
 def test_toy_rows_share_h0_per_seed_and_report_the_controller(capsys):
-    tool = load_tool()
+    tool = load_tool("entropy_sweep")
     rows = tool.main(["--method", "adapo", "--vary", "model.init_args.ppo_epochs=1,2", "--iterations", "2"])
     assert [r[:2] for r in rows] == [("1", "0"), ("2", "0")]
     # the varied knob acts only on updates: the same seed samples the same first rollout from the same policy
@@ -30,7 +19,7 @@ def test_toy_rows_share_h0_per_seed_and_report_the_controller(capsys):
 
 
 def test_own_configs_and_a_zero_learning_rate_keeps_the_entropy():
-    tool = load_tool()
+    tool = load_tool("entropy_sweep")
     rows = tool.main(
         [
             "--config", "configs/tiny_cpu.yaml", "--config", "configs/method/grpo.yaml",
@@ -46,4 +35,4 @@ def test_own_configs_and_a_zero_learning_rate_keeps_the_entropy():
 @pytest.mark.parametrize("bad", ["eps_high", "eps_high=", "=0.1,0.2"])
 def test_bad_vary_names_the_expected_form(bad):
     with pytest.raises(SystemExit, match="KEY=V1,V2"):
-        load_tool().main(["--vary", bad])
+        load_tool("entropy_sweep").main(["--vary", bad])

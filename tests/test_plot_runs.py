@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 from torch.utils.tensorboard import SummaryWriter
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "tools" / "plot_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_run(run_dir: Path, decay: float, with_val: bool = True, version: str = "version_0") -> None:
@@ -31,7 +22,7 @@ def write_run(run_dir: Path, decay: float, with_val: bool = True, version: str =
 
 
 def test_plots_two_runs(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool("plot_runs")
     write_run(tmp_path / "grpo", decay=0.5)
     write_run(tmp_path / "repo", decay=0.05)
     out = tmp_path / "plots"
@@ -51,7 +42,7 @@ def test_plots_two_runs(tmp_path, capsys):
 
 
 def test_loaded_series_and_helpers(tmp_path):
-    tool = load_tool()
+    tool = load_tool("plot_runs")
     write_run(tmp_path / "run", decay=0.5)
     write_run(tmp_path / "run", decay=0.0, version="version_1")  # a resumed version: later file wins per step
     scalars = tool.load_scalars(tmp_path / "run")
@@ -68,7 +59,7 @@ def test_loaded_series_and_helpers(tmp_path):
 
 
 def test_missing_tags_are_skipped_with_a_message(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool("plot_runs")
     write_run(tmp_path / "noval", decay=0.3, with_val=False)
     out = tmp_path / "plots"
     assert tool.main([str(tmp_path / "noval"), "--out", str(out)]) == 0
@@ -78,7 +69,7 @@ def test_missing_tags_are_skipped_with_a_message(tmp_path, capsys):
 
 
 def test_dir_without_event_files_is_a_clear_error(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool("plot_runs")
     empty = tmp_path / "empty_run"
     empty.mkdir()
     assert tool.main([str(empty), "--out", str(tmp_path / "o")]) == 2
