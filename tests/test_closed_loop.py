@@ -87,7 +87,10 @@ after 20 iterations; ``cu`` = upper clip fraction, averaged over an iteration's 
    16–64 states × 50–100 actions, exact group advantages, Adam or SGD, 2×2 to 8×4 PPO steps, 3 seeds) agrees:
    across ε_high ∈ [0.05, 3] the end entropy moves by ≤ 0.1·H0 in most regimes, and where it moves a *tighter*
    upper clip keeps more (Adam lr 3e-3, 4×4: ε_high 0 → 0.54–0.64, 0.2 → 0.38–0.44, 1.0 → 0.38–0.43), i.e. the
-   clip acts as a trust region on every A > 0 token, not as DAPO's release of rare tokens. The first minibatch of
+   clip acts as a trust region on every A > 0 token, not as DAPO's release of rare tokens. An LLM-like variant
+   (tabular logits, 7 of 8 positions near-deterministic with π ≈ 0.97, one rewarded fork, Adam, 2×4 steps)
+   makes ε_high a strong knob, but with the opposite sign: end entropy / H0 0.75–0.94 at ε_high 0.2 and
+   0.40–0.44 at 1.0. The first minibatch of
    each iteration (ratio exactly 1) is never clipped, so its full policy-gradient collapse is outside any
    clip's reach. For scale: the paper's own ADAPO row (paper.md §9, a digest) reports +102% entropy on
    Qwen3-32B, also outside ±30%.
