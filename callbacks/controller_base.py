@@ -12,8 +12,8 @@ is pushed into the objective (the module restores the objective too; the two mus
 
 Saturation: a bounded knob can run out. When the coefficient has sat at the bound of the direction entropy needs
 (e.g. ADAPO's ε_high at ``eps_high_max`` while H < H*) for ``saturation_patience`` consecutive iterations, the
-controller warns once per such episode and logs ``ctrl/saturated`` = 1 (0 otherwise): the controller can no
-longer move entropy toward H*, and the run needs a wider bound or another method.
+controller warns once per such episode: it can no longer move entropy toward H*, and the run needs a wider bound
+or another method. ``ctrl/saturated`` is 1 in every iteration that ends at that bound (0 otherwise).
 """
 
 from __future__ import annotations
@@ -194,7 +194,6 @@ class EntropyController(Callback):
             ("saturated", float(self.saturated_iterations > 0)),
         ):
             pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
-
 
     def track_saturation(self, entropy: float, target: float) -> None:
         """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""
