@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, ...]]:
     for name in ("lightning.pytorch", "lightning.fabric"):  # no "GPU available", tips, "Seed set", "fit stopped"
         logging.getLogger(name).setLevel(logging.WARNING)
     sys.argv = sys.argv[:1]  # the runs get their args explicitly (LightningCLI warns when both are present)
+    if not args.config:
+        os.chdir(ROOT)  # the toy's configs are paths relative to the repository
     rows = []
     print(" | ".join(HEADER), flush=True)
     with tempfile.TemporaryDirectory(prefix="entropy_sweep-") as root:
