@@ -32,6 +32,15 @@ def test_own_configs_and_a_zero_learning_rate_keeps_the_entropy():
     assert trained[3] != "1.00" and trained[-1] == "nan"  # GRPO has no controller
 
 
+def test_own_configs_get_only_seeds_every_policy_accepts():
+    from epr_lightning.testing.closed_loop import seed_args
+
+    # PackagedSmolLM2 / HFModel have no init `seed` (only the toy's TinyModel does): a sweep over configs/demo.yaml
+    # must not pass one
+    assert seed_args(3) == ["--seed_everything=3", "--model.init_args.sampling.seed=3"]
+    assert seed_args(3, tiny_model=True)[-1] == "--model.init_args.policy.init_args.seed=3"
+
+
 @pytest.mark.parametrize("bad", ["eps_high", "eps_high=", "=0.1,0.2"])
 def test_bad_vary_names_the_expected_form(bad):
     with pytest.raises(SystemExit, match="KEY=V1,V2"):

@@ -38,13 +38,13 @@ def quiet_tiny_args(root: str | Path, method: str, *extra: str) -> list[str]:
     return quiet_args(root, ["configs/tiny_cpu.yaml", f"configs/method/{method}.yaml"], *extra)
 
 
-def seed_args(seed: int) -> list[str]:
-    """One seed for everything random: Lightning, the engine's sampling and the tiny model's initialisation."""
-    return [
+def seed_args(seed: int, tiny_model: bool = False) -> list[str]:
+    """One seed for Lightning and the engine's sampling (and, with ``tiny_model``, ``TinyModel``'s initialisation)."""
+    args = [
         f"--seed_everything={seed}",
         f"--model.init_args.sampling.seed={seed}",  # seed_everything does not set the engine's sampling seed
-        f"--model.init_args.policy.init_args.seed={seed}",
     ]
+    return args + [f"--model.init_args.policy.init_args.seed={seed}"] if tiny_model else args
 
 
 def toy_args(root: str | Path, method: str, seed: int = 0, iterations: int = 20, *extra: str) -> list[str]:
@@ -52,7 +52,7 @@ def toy_args(root: str | Path, method: str, seed: int = 0, iterations: int = 20,
     return quiet_tiny_args(
         root,
         method,
-        *seed_args(seed),
+        *seed_args(seed, tiny_model=True),
         "--data.init_args.task", "epr_lightning.tasks.CharacterTask",
         f"--data.init_args.task.init_args.target_chars={ALNUM}",
         "--data.init_args.batches_per_epoch", str(iterations),
