@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from epr_lightning.testing.closed_loop import quiet_tiny_args  # noqa: F401  (tests import it from here)
-
 # Two cores shared by everything: one intra-op thread per test process keeps runs predictable.
 torch.set_num_threads(int(os.environ.get("EPR_TEST_THREADS", "1")))
 

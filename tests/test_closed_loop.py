@@ -91,9 +91,8 @@ after 20 iterations; ``cu`` = upper clip fraction, averaged over an iteration's 
    clip acts as a trust region on every A > 0 token, not as DAPO's release of rare tokens. An LLM-like variant
    (tabular logits, 7 of 8 positions near-deterministic with π ≈ 0.97, one rewarded fork, Adam, 2×4 steps)
    makes ε_high a strong knob, but with the opposite sign: end entropy / H0 0.75–0.94 at ε_high 0.2 and
-   0.40–0.44 at 1.0. The first minibatch of
-   each iteration (ratio exactly 1) is never clipped, so its full policy-gradient collapse is outside any
-   clip's reach. For scale: the paper's own ADAPO row (paper.md §9, a digest) reports +102% entropy on
+   0.40–0.44 at 1.0. The first minibatch of each iteration (ratio exactly 1) is never clipped, so its full
+   policy-gradient collapse is outside any clip's reach. For scale: the paper's own ADAPO row (paper.md §9, a digest) reports +102% entropy on
    Qwen3-32B, also outside ±30%.
 """
 

@@ -5,11 +5,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import quiet_tiny_args
 from epr_lightning.callbacks import EntropyDynamics
 from epr_lightning.callbacks.dynamics import record_batch, signed_covariances
 
 from epr_lightning.record import StepRecord
+from epr_lightning.testing.closed_loop import quiet_tiny_args
 from epr_lightning.training import PolicyPass
 
 
