@@ -304,6 +304,14 @@ def test_numbers_with_property_task_has_enough_solutions():
         NumbersWithPropertyTask(properties=["odd"])
 
 
+def test_numbers_with_property_divisors_list():
+    task = NumbersWithPropertyTask(num_train=60, num_val=0, properties=["divisible"], divisors=[2, 5, 10])
+    drawn = {ex.meta["divisor"] for ex in task.examples("train")}
+    assert drawn == {2, 5, 10}
+    with pytest.raises(ValueError, match="divisors"):
+        NumbersWithPropertyTask(divisors=[1, 5])
+
+
 # -------------------------------------------------------------------------------------------- JSONL
 
 

@@ -84,7 +84,9 @@ class NumbersWithPropertyTask(Task):
         max_high: upper end of every range.
         min_width: smallest range width.
         max_width: largest range width.
-        max_divisor: largest divisor for ``divisible``.
+        max_divisor: largest divisor for ``divisible`` (divisors are drawn from 2..max_divisor).
+        divisors: draw the divisor from this list instead (e.g. [2, 5, 10]: properties a small model can learn
+            from the last digit); overrides ``max_divisor``.
         min_solutions: least number of valid answers per prompt.
         seed: generation seed.
         reward: overrides the default ``NumberPropertyReward()``.
@@ -104,6 +106,7 @@ class NumbersWithPropertyTask(Task):
         seed: int = 0,
         reward: RewardFunction | None = None,
         system_prompt: str | None = None,
+        divisors: list[int] | None = None,
     ) -> None:
         super().__init__(reward=reward, system_prompt=system_prompt)
         props = list(properties) if properties is not None else list(PROPERTIES)
@@ -115,6 +118,9 @@ class NumbersWithPropertyTask(Task):
             )
         if max_divisor < 2:
             raise ValueError(f"max_divisor must be ≥ 2, got {max_divisor}")
+        if divisors is not None and (not divisors or any(int(d) < 2 for d in divisors)):
+            raise ValueError(f"divisors must be a non-empty list of integers ≥ 2, got {divisors}")
+        self.divisors = None if divisors is None else [int(d) for d in divisors]
         if num_train < 0 or num_val < 0 or min_solutions < 1:
             raise ValueError("num_train/num_val must be ≥ 0 and min_solutions ≥ 1")
         self.num_train, self.num_val, self.properties = num_train, num_val, props
@@ -128,7 +134,12 @@ class NumbersWithPropertyTask(Task):
     def _make(self, rng: random.Random, split: str, index: int) -> Example:
         for _ in range(10_000):
             prop = rng.choice(self.properties)
-            divisor = rng.randint(2, self.max_divisor) if prop == "divisible" else None
+            if prop != "divisible":
+                divisor = None
+            elif self.divisors is not None:
+                divisor = rng.choice(self.divisors)
+            else:
+                divisor = rng.randint(2, self.max_divisor)
             width = rng.randint(self.min_width, self.max_width)
             low = rng.randint(1, self.max_high - width + 1)
             high = low + width - 1
