@@ -94,6 +94,9 @@ class EntropyController(Callback):
     def check_coef(self, coef: float, where: str) -> None:
         """Raise a clear error when a starting coefficient is outside the controller's range."""
 
+    def publish_target(self, target: float) -> None:
+        """Hand H* to the adapted piece when its rule needs it (the adaptive bonus's gate); no-op by default."""
+
     @abstractmethod
     def limit(self, direction: int) -> tuple[float, str]:
         """(bound, the argument that sets it): where the coefficient ends up after pushing entropy in
@@ -184,6 +187,7 @@ class EntropyController(Callback):
         target = float(self.target.value(record.iteration, self.initial_entropy))
         self.coef = float(self.rule(self.coef, h, target))
         setattr(self._piece, self._attr, self.coef)
+        self.publish_target(target)
         self.updates += 1
         self.last_entropy, self.last_target = h, target
         self.track_saturation(h, target)

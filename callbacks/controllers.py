@@ -169,7 +169,9 @@ class ClipHigherController(EntropyController):
 class AdaptiveEntropyBonus(EntropyController):
     """Adaptive entropy-bonus coefficient (Skywork-OR1; TRL-style): coef += δ below H*, −= δ above, clipped.
 
-    Adapts ``EntropyBonus.coef`` (an explicit −coef·H loss term; needs full logits).
+    Adapts ``EntropyBonus.coef`` (an explicit −coef·H loss term; needs full logits) and hands H* to the term,
+    which then applies the bonus only while the entropy is at or below it (coef·1{H ≤ H*}, Skywork-OR1's rule):
+    after an overshoot the bonus stops acting at once instead of waiting for coef to decay.
 
     Args:
         target: H* (default: the iteration-0 entropy).
@@ -224,6 +226,9 @@ class AdaptiveEntropyBonus(EntropyController):
 
     def limit(self, direction: int) -> tuple[float, str]:
         return (self.coef_max, "coef_max") if direction > 0 else (self.coef_min, "coef_min")
+
+    def publish_target(self, target: float) -> None:
+        self._piece.target = float(target)
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return adaptive_bonus_step(

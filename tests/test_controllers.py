@@ -220,6 +220,9 @@ def test_adaptive_bonus_controller_adapts_the_entropy_term():
     bonus = EntropyBonus(coef=0.0)
     drive(AdaptiveEntropyBonus(delta=0.01), FakeModule(Objective(terms=[bonus])), [2.0, 1.0, 1.0, 3.0])
     assert bonus.coef == pytest.approx(0.01)  # 0 -> 0 -> .01 -> .02 -> .01
+    # H* (the iteration-0 entropy, 2.0) reaches the term, which gates the bonus with it (Skywork-OR1's rule)
+    assert bonus.target == pytest.approx(2.0)
+    assert Objective(terms=[bonus]).state_dict()["terms.0"] == {"coef": pytest.approx(0.01), "target": 2.0}
 
 
 def test_missing_piece_names_the_yaml():

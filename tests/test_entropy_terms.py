@@ -47,6 +47,27 @@ def test_entropy_bonus_coef_is_mutable_state_and_validated():
         term(_batch([[-1.0]]))
 
 
+def test_entropy_bonus_with_a_target_acts_only_at_or_below_it():
+    # Skywork-OR1: coef·1{H ≤ H*}, H = the minibatch's masked token-mean entropy (here (1 + 2)/2 = 1.5)
+    h = torch.tensor([[1.0, 2.0, 4.0]], requires_grad=True)
+    batch = _batch([[-1.0, -1.0, -1.0]], entropy=h, mask=[[1.0, 1.0, 0.0]])
+    below = EntropyBonus(coef=0.5, target=1.5)(batch)  # H = H*: acts
+    torch.testing.assert_close(below.loss, torch.tensor([[-0.5, -1.0, -2.0]]))
+    assert below.metrics["entropy_bonus_active"].item() == 1.0
+    above = EntropyBonus(coef=0.5, target=1.4)(batch)  # H > H*: no bonus, no gradient, coef kept
+    torch.testing.assert_close(above.loss, torch.zeros(1, 3))
+    assert (
+        above.metrics["entropy_bonus_active"].item() == 0.0
+        and above.metrics["entropy_bonus_coef"].item() == 0.5
+    )
+    above.loss.sum().backward()
+    assert h.grad is not None and (h.grad == 0).all()
+    term = EntropyBonus(coef=0.5, target=1.4)
+    fresh = EntropyBonus()
+    fresh.load_state_dict(term.state_dict())  # the gate's target is checkpointed with the coefficient
+    assert (fresh.coef, fresh.target) == (0.5, 1.4)
+
+
 def test_kl_estimators_hand_values():
     # d = ref - logp = [-0.5, 1]: k1 = -d, k2 = d^2/2, k3 = e^d - d - 1
     lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])

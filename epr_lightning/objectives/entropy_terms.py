@@ -39,29 +39,36 @@ class EntropyBonus(LossTerm):
     """Explicit entropy bonus: per-token loss −coef·H(s_t), with the gradient through the full-vocab entropy.
 
     Needs a logits pass (not CCE-compatible, unlike REPO). ``coef`` is mutable: the adaptive-bonus
-    controller adapts it.
+    controller adapts it. With a ``target`` (set by ``AdaptiveEntropyBonus``) the bonus follows Skywork-OR1's
+    rule coef·1{H ≤ target}: it acts only in optimizer steps whose minibatch token-mean entropy (of the current
+    policy, detached) is at or below the target, so it never pushes an overshooting entropy further up.
 
     Args:
         coef: bonus weight β ≥ 0.
+        target: entropy at or below which the bonus acts (None = always).
     """
 
     needs_entropy_grad = True
 
-    def __init__(self, coef: float = 1e-3) -> None:
+    def __init__(self, coef: float = 1e-3, target: float | None = None) -> None:
         self.coef = _check_coef(coef)
+        self.target = None if target is None else float(target)
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:
         if batch.entropy is None:
             raise ValueError("EntropyBonus needs batch.entropy (with grad); the module computed none")
-        per_token = -self.coef * batch.entropy.float()
+        entropy = batch.entropy.float()
+        active = self.target is None or float(masked_mean(entropy.detach(), batch.mask)) <= self.target
+        per_token = -(self.coef if active else 0.0) * entropy
         metrics = {
             "entropy_bonus": masked_mean(per_token.detach(), batch.mask),
             "entropy_bonus_coef": per_token.new_tensor(self.coef),
+            "entropy_bonus_active": per_token.new_tensor(float(active)),
         }
         return LossOutput(loss=per_token, metrics=metrics)
 
     def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
+        return {"coef": self.coef} if self.target is None else {"coef": self.coef, "target": self.target}
 
 
 class KLPenalty(LossTerm):

@@ -28,6 +28,12 @@ def clipped_surrogate(ratio: Tensor, adv: Tensor, eps_low: float, eps_high: floa
     return -torch.minimum(ratio * adv, ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv)
 
 
+def dual_clipped(per_token: Tensor, adv: Tensor, c: float) -> Tensor:
+    """Dual-clip PPO (Ye et al. 2020): for A < 0 the loss is capped at −c·A, so a token whose ratio has run past c
+    contributes no gradient (for A ≥ 0 the loss is unchanged)."""
+    return torch.where(adv < 0, torch.minimum(per_token, -c * adv), per_token)
+
+
 def clip_masks(
     ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float
 ) -> tuple[Tensor, Tensor]:
@@ -67,8 +73,8 @@ def _masked_max_min(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_eps(eps_low: float, eps_high: float) -> tuple[float, float]:
-    if not (0.0 <= eps_low < 1.0):
-        raise ValueError(f"eps_low must be >= 0 and < 1, got {eps_low!r}")
+    if not (0.0 <= eps_low <= 1.0):
+        raise ValueError(f"eps_low must be >= 0 and <= 1 (1 = no lower clip), got {eps_low!r}")
     if not (eps_high >= 0.0 and math.isfinite(eps_high)):
         raise ValueError(f"eps_high must be a finite number >= 0, got {eps_high!r}")
     return float(eps_low), float(eps_high)
@@ -113,14 +119,25 @@ class PPOClipLoss(PolicyLoss):
     """Token-level clipped surrogate (PPO/GRPO; DAPO/ADAPO with ε_high > ε_low).
 
     Args:
-        eps_low: lower clip 1−ε_low of the ratio, in [0, 1).
+        eps_low: lower clip 1−ε_low of the ratio, in [0, 1] (1 = the ratio is never clipped from below).
         eps_high: upper clip 1+ε_high; a mutable attribute that the ADAPO controller adapts.
         tis_cap: if set, multiply each token's loss by min(exp(old_logp − sampler_logp), tis_cap) (detached).
+        dual_clip: if set (c > 1), dual-clip PPO: for A < 0 the loss is capped at −c·A (Ye et al. 2020; Cui et
+            al.'s Clip-Cov recipe uses c = 10 with ε_low = ε_high = 1).
     """
 
-    def __init__(self, eps_low: float = 0.2, eps_high: float = 0.2, tis_cap: float | None = None) -> None:
+    def __init__(
+        self,
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        tis_cap: float | None = None,
+        dual_clip: float | None = None,
+    ) -> None:
         self.eps_low, self.eps_high = _check_eps(eps_low, eps_high)
         self.tis_cap = _check_tis(tis_cap)
+        if dual_clip is not None and not (dual_clip > 1.0 and math.isfinite(dual_clip)):
+            raise ValueError(f"dual_clip must be None or a finite number > 1, got {dual_clip!r}")
+        self.dual_clip = None if dual_clip is None else float(dual_clip)
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:
         adv = batch.advantages.float()
@@ -129,6 +146,10 @@ class PPOClipLoss(PolicyLoss):
         per_token = clipped_surrogate(ratio, adv, self.eps_low, self.eps_high)
         upper, lower = clip_masks(ratio.detach(), adv, batch.mask, self.eps_low, self.eps_high)
         metrics = _ratio_metrics(ratio, log_ratio, upper, lower, batch.mask)
+        if self.dual_clip is not None:
+            dual = ((adv < 0) & (ratio.detach() > self.dual_clip) & (batch.mask > 0)).to(batch.mask.dtype)
+            per_token = dual_clipped(per_token, adv, self.dual_clip)
+            metrics["clipfrac_dual"] = masked_mean(dual, batch.mask)
         per_token = _apply_tis(per_token, batch, self.tis_cap, metrics)
         return LossOutput(
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
