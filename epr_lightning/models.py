@@ -184,6 +184,33 @@ class TinyModel(PolicySource):
         return model, tok
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of ``model`` to 0 (modules and the config's ``*dropout*`` rates); returns how many changed.
+
+    The log-prob passes must be deterministic: with dropout on, the π_old pass, the gradient pass and the
+    sampler see different networks, so on-policy ratios are not 1 and entropies are noisy. Attention dropout in
+    HF models is read from the config at forward time, hence both places. LoRA dropout is a ``torch.nn.Dropout``
+    inside the adapters and is zeroed too.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p != 0.0:
+            module.p = 0.0
+            changed += 1
+        for attr in ("attention_dropout", "dropout", "attn_dropout", "dropout_rate"):
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value != 0.0:
+                setattr(module, attr, 0.0)
+                changed += 1
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            for key, value in config.to_dict().items():
+                if "dropout" in key and isinstance(value, float) and value != 0.0:
+                    setattr(config, key, 0.0)
+                    changed += 1
+    return changed
+
+
 def encode_prompts(
     tokenizer: Any, prompts: list[str], system_prompt: str | None = None, use_chat_template: bool = True
 ) -> list[list[int]]:

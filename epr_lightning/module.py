@@ -17,7 +17,7 @@ from torch import Tensor
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
 from epr_lightning.lora import LoRAConfig, apply_lora
-from epr_lightning.models import PackagedSmolLM2, PolicySource, encode_prompts
+from epr_lightning.models import PackagedSmolLM2, PolicySource, disable_dropout, encode_prompts
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord
@@ -41,7 +41,11 @@ class RLModule(pl.LightningModule):
         sampling: rollout sampling settings (temperature, top-p, max new tokens, seed).
         num_generations: samples per prompt (the group size G).
         ppo_epochs: passes over each rollout.
-        minibatch_size: samples per optimizer step (None = the whole rollout: one step per epoch).
+        num_minibatches: split each rollout into this many minibatches, one optimizer step each per epoch
+            (None = use ``minibatch_size``). Method YAMLs state their schedule this way, so it does not depend
+            on the base config's batch size.
+        minibatch_size: samples per optimizer step (None = the whole rollout: one step per epoch); only one of
+            ``num_minibatches`` and ``minibatch_size`` may be set.
         optimizer: optimizer factory (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory; stepped once per optimizer step.
         grad_clip: max global grad norm (None = no clipping).
@@ -56,6 +60,9 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
         lora: train LoRA adapters instead of all weights (None = full fine-tuning).
         fsdp: FSDP2 settings, used when the Trainer's strategy is ``ModelParallelStrategy``.
+        validate_before_training: when the Trainer validates (``val_check_interval`` / a val split), run
+            validation once before the first update too, so ``val/`` metrics have an iteration-0 baseline
+            (a resumed run does not repeat it).
         controllers: callbacks that adapt the objective (``epr_lightning.callbacks.REPOZetaController`` …);
             returned from ``configure_callbacks`` so that Lightning adds them to the trainer's callbacks. A
             method YAML sets them here, which composes with (never replaces) ``trainer.callbacks``.
@@ -69,6 +76,7 @@ class RLModule(pl.LightningModule):
         sampling: SamplingParams | None = None,
         num_generations: int = 4,
         ppo_epochs: int = 1,
+        num_minibatches: int | None = None,
         minibatch_size: int | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -84,6 +92,7 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         lora: LoRAConfig | None = None,
         fsdp: FSDP2Config | None = None,
+        validate_before_training: bool = True,
         controllers: list[pl.Callback] | None = None,
     ) -> None:
         super().__init__()
@@ -94,6 +103,13 @@ class RLModule(pl.LightningModule):
             raise ValueError(f"model.ppo_epochs must be >= 1, got {ppo_epochs}")
         if minibatch_size is not None and minibatch_size < 1:
             raise ValueError(f"model.minibatch_size must be >= 1, got {minibatch_size}")
+        if num_minibatches is not None and num_minibatches < 1:
+            raise ValueError(f"model.num_minibatches must be >= 1, got {num_minibatches}")
+        if num_minibatches is not None and minibatch_size is not None:
+            raise ValueError(
+                f"set only one of model.num_minibatches ({num_minibatches}) and model.minibatch_size "
+                f"({minibatch_size})"
+            )
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"model.grad_clip must be > 0 or null, got {grad_clip}")
         if long_prompts not in ("skip", "error"):
@@ -108,10 +124,12 @@ class RLModule(pl.LightningModule):
         self.engine = engine if engine is not None else HFEngine()
         self.objective = objective if objective is not None else Objective()
         self.sampling = sampling if sampling is not None else SamplingParams()
-        if self.objective.on_policy_only and (ppo_epochs > 1 or minibatch_size is not None):
+        if self.objective.on_policy_only and (
+            ppo_epochs > 1 or minibatch_size is not None or (num_minibatches or 1) > 1
+        ):
             raise ValueError(
-                f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1 and "
-                "minibatch_size=null (one update per rollout)"
+                f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1, "
+                "num_minibatches=1 (or null) and minibatch_size=null (one update per rollout)"
             )
         try:  # e.g. GRPO with std scaling or RLOO at G=1: fail at config time, not after the first rollout
             self.objective.sequence_advantages(
@@ -124,7 +142,9 @@ class RLModule(pl.LightningModule):
             ) from None
         self.num_generations = num_generations
         self.ppo_epochs = ppo_epochs
+        self.num_minibatches = num_minibatches
         self.minibatch_size = minibatch_size
+        self.objective.set_generation_budget(self.sampling.max_new_tokens)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.grad_clip = grad_clip
@@ -140,6 +160,7 @@ class RLModule(pl.LightningModule):
         self.lora = lora
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
+        self.validate_before_training = validate_before_training
         self.iteration = 0  # completed rollout iterations (checkpointed)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
@@ -164,11 +185,13 @@ class RLModule(pl.LightningModule):
             self.policy.gradient_checkpointing_enable()
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora)
+        disable_dropout(self.policy)  # deterministic log-prob passes: ratio exactly 1 on-policy
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
             shard_policy(self.policy, mesh, self.fsdp)
         if self.objective.needs_reference and not self._reference:
             reference, _ = source.build()
+            disable_dropout(reference)
             self._reference = [reference.requires_grad_(False).eval()]
 
     def setup(self, stage: str) -> None:
@@ -370,3 +393,7 @@ class RLModule(pl.LightningModule):
         # A resumed or freshly built policy must be what the engine samples from.
         if self.iteration > 0:
             self.engine.push_weights(self.policy)
+        elif self.validate_before_training:
+            from epr_lightning.validation import run_validation_now
+
+            run_validation_now(self.trainer)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from epr_lightning.objectives.aggregation import global_normaliser
 from epr_lightning.objectives.base import PolicyBatch
 from epr_lightning.rollout.base import Rollout, TokenBatch
 from epr_lightning.tasks.base import Example, RewardFunction
@@ -95,6 +96,13 @@ def optimizer_step(module: RLModule, loss: Tensor) -> float | None:
     return norm_value
 
 
+def minibatch_rows(n: int, num_minibatches: int | None, minibatch_size: int | None) -> int:
+    """Rows per minibatch: ⌈n / num_minibatches⌉, else ``minibatch_size``, else the whole rollout (≤ n)."""
+    if num_minibatches is not None:
+        return max(1, math.ceil(n / num_minibatches))
+    return min(minibatch_size or n, n)
+
+
 def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateStats:
     """``ppo_epochs`` passes of minibatch updates over one rollout.
 
@@ -103,7 +111,7 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
     """
     obj = module.objective
     n = len(tokens)
-    mb = min(module.minibatch_size or n, n)
+    mb = minibatch_rows(n, module.num_minibatches, module.minibatch_size)
     fused = module.ppo_epochs == 1 and mb >= n
     old = None if fused else module.policy_pass(tokens, grad=False)
     ref_logp = _reference_logp(module, tokens) if obj.needs_reference else None
@@ -141,7 +149,7 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
                 entropy=cur.entropy if obj.needs_entropy_grad else cur.entropy.detach(),
                 ref_logp=None if ref_logp is None else ref_logp[rows, :width],
             )
-            out = obj.compute_loss(batch)
+            out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
             norm = optimizer_step(module, out.loss)
             if epoch == 0:
                 _scatter(full["adv"], rows, adv)

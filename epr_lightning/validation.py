@@ -1,6 +1,9 @@
-"""Validation metrics of one batch of held-out prompts (logged under ``val/`` by the module)."""
+"""Validation metrics of one batch of held-out prompts (logged under ``val/`` by the module), and the
+iteration-0 validation that gives every run a baseline before its first update."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor
 
@@ -46,3 +49,21 @@ def validation_metrics(
         distinct_correct(a, c) for a, c in zip(answer_groups, groups_correct, strict=True)
     ) / len(answer_groups)
     return out
+
+
+def run_validation_now(trainer: Any) -> bool:
+    """Run the fit loop's validation once, now (before the first update: the iteration-0 baseline).
+
+    Does what Lightning's training epoch loop does when ``val_check_interval`` fires, so the ``val/`` metrics are
+    logged at the current logger step (0 before any update). Returns whether validation ran (it does not when
+    the Trainer validates nothing, e.g. ``limit_val_batches=0``).
+    """
+    if not trainer.enable_validation or trainer.sanity_checking:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    first_loop_iter = trainer._logger_connector._first_loop_iter
+    trainer.validating = True
+    loop.val_loop.run()
+    trainer.training = True
+    trainer._logger_connector._first_loop_iter = first_loop_iter
+    return True

@@ -61,6 +61,28 @@ def test_fit_two_iterations_writes_logs_checkpoint_and_finite_metrics(tmp_path):
     assert list(runs.rglob("config.yaml"))
 
 
+def steps_of(run_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps: list[int] = []
+    for f in sorted(run_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps += [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return steps
+
+
+def test_validation_runs_before_the_first_update(tmp_path):
+    # tiny_cpu validates at the end of its epoch (step 1); the iteration-0 baseline adds step 0, whose entropy is
+    # the untrained policy's: equal to a run that validates the same prompts without training at all.
+    runs = fit_tiny(tmp_path / "a")
+    assert steps_of(runs, "val/pass@1") == [0, 1]
+    untrained = fit_tiny(tmp_path / "b", "--model.init_args.optimizer.init_args.lr", "0")
+    assert scalars(runs)["val/entropy"][0] == pytest.approx(scalars(untrained)["val/entropy"][0], abs=1e-6)
+    off = fit_tiny(tmp_path / "c", "--model.init_args.validate_before_training", "false")
+    assert steps_of(off, "val/pass@1") == [1]
+
+
 def test_first_on_policy_ratio_is_exactly_one(tmp_path):
     # Two epochs: pi_old comes from a separate no-grad pass; on the first minibatch nothing has been
     # updated yet, so every ratio must be exactly 1 (fp32 end to end).

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from epr_lightning.objectives.advantages import DrGRPOAdvantage
-from epr_lightning.objectives.aggregation import aggregate
+from epr_lightning.objectives.aggregation import Normaliser, aggregate
 from epr_lightning.objectives.base import PolicyBatch
 from epr_lightning.objectives.entropy_terms import EntropyBonus
 from epr_lightning.objectives.losses import (
@@ -101,6 +101,30 @@ def test_ppo_state_and_validation():
         PPOClipLoss(eps_high=float("nan"))
     with pytest.raises(ValueError, match="tis_cap"):
         PPOClipLoss(tis_cap=0.0)
+    with pytest.raises(ValueError, match="eps_low must be >= 0 and <= 1"):
+        PPOClipLoss(eps_low=1.5)
+    for bad in (1.0, 0.5, float("inf")):
+        with pytest.raises(ValueError, match="dual_clip"):
+            PPOClipLoss(dual_clip=bad)
+
+
+def test_ppo_dual_clip_caps_negative_advantage_tokens():
+    # Cui et al.'s Clip-Cov recipe: eps 1/1 (no lower clip, upper at r = 2) and dual-clip c = 3 here.
+    #   r=5.0 A=-1: PPO -min(-5, -2) = 5, dual cap -c*A = 3 -> 3, grad 0 (the cap is a constant)
+    #   r=2.5 A=-1: 2.5 < 3 -> 2.5, grad r*(-A) = 2.5 (unclipped branch: d/dlogp of r*1)
+    #   r=5.0 A=+1: -min(5, 2) = -2 (upper clip, grad 0); dual clip never touches A >= 0
+    #   r=0.1 A=-1: eps_low = 1 -> clip(r, 0, 2) = r: -min(-0.1, -0.1) = 0.1, grad 0.1
+    ratios = [5.0, 2.5, 5.0, 0.1]
+    adv = [-1.0, -1.0, 1.0, -1.0]
+    batch = _batch([[math.log(r) for r in ratios]], [adv])
+    out = PPOClipLoss(eps_low=1.0, eps_high=1.0, dual_clip=3.0)(batch)
+    torch.testing.assert_close(out.loss, torch.tensor([[3.0, 2.5, -2.0, 0.1]]))
+    out.loss.sum().backward()
+    torch.testing.assert_close(batch.logp.grad, torch.tensor([[0.0, 2.5, 0.0, 0.1]]))
+    assert out.metrics["clipfrac_dual"].item() == pytest.approx(0.25)
+    assert out.metrics["clipfrac_lower"].item() == 0.0 and out.metrics["clipfrac_upper"].item() == 0.25
+    plain = PPOClipLoss(eps_low=1.0, eps_high=1.0)(_batch([[math.log(r) for r in ratios]], [adv]))
+    assert plain.loss[0, 0].item() == pytest.approx(5.0) and "clipfrac_dual" not in plain.metrics
 
 
 def test_gspo_sequence_ratio():
@@ -227,6 +251,14 @@ def test_aggregation_modes():
     assert aggregate(loss, mask, "seq_mean_token_mean").item() == pytest.approx(3.0)  # (6/3 + 4/1)/2
     assert aggregate(loss, mask, "seq_mean_token_sum_norm").item() == pytest.approx(10 / 6)  # (6/3 + 4/3)/2
     assert aggregate(loss, mask, "seq_mean_token_sum_norm", norm_length=2).item() == pytest.approx(2.5)
+    # a normaliser holding the *global* counts (here: this rank has 4 of 10 tokens and 2 of 5 sequences on a
+    # 2-rank run) returns world_size · local sum / global count, so the ranks' average is the global mean
+    glob = Normaliser(tokens=10.0, sequences=5.0, world_size=2)
+    assert aggregate(loss, mask, "token_mean", normaliser=glob).item() == pytest.approx(2 * 10 / 10)
+    assert aggregate(loss, mask, "seq_mean_token_mean", normaliser=glob).item() == pytest.approx(2 * 6 / 5)
+    assert aggregate(loss, mask, "seq_mean_token_sum_norm", norm_length=2, normaliser=glob).item() == (
+        pytest.approx(2 * 5 / 5)
+    )
     with pytest.raises(ValueError, match="aggregation mode"):
         aggregate(loss, mask, "sum")  # type: ignore[arg-type]
 
@@ -279,3 +311,23 @@ def test_objective_state_dict_round_trip_and_find():
     assert fresh.find(PPOClipLoss)[0].eps_high == 0.4 and fresh.transforms[0].zeta == -2e-4
     with pytest.raises(KeyError, match="terms.3"):
         fresh.load_state_dict({"terms.3": {"coef": 1.0}})
+
+
+def test_dr_grpo_normalises_by_the_generation_budget_not_the_longest_completion():
+    # two completions of 3 and 1 tokens, budget 8: (sum of row 0)/8 and (row 1)/8, then the mean over rows.
+    # The longest completion (3) would give (6/3 + 4/3)/2 instead.
+    objective = Objective(
+        advantage=DrGRPOAdvantage(), loss=REINFORCELoss(), aggregation="seq_mean_token_sum_norm"
+    )
+    objective.set_generation_budget(8)
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # REINFORCE's per-token loss −A·log π equals ``per_token`` with log π = 1 and A = −per_token
+    batch = _batch(torch.ones(2, 3), -per_token, mask=mask)
+    out = objective.compute_loss(batch)
+    assert out.loss.item() == pytest.approx((6 / 8 + 4 / 8) / 2)
+    pinned = Objective(aggregation="seq_mean_token_sum_norm", norm_length=4)
+    pinned.set_generation_budget(8)  # an explicit norm_length wins over the budget
+    assert pinned.norm_length == 4
+    with pytest.raises(ValueError, match="norm_length"):
+        Objective(norm_length=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from epr_lightning.objectives.advantages import GRPOAdvantage
-from epr_lightning.objectives.aggregation import AggregationMode, aggregate
+from epr_lightning.objectives.aggregation import AggregationMode, Normaliser, aggregate
 from epr_lightning.objectives.base import (
     AdvantageEstimator,
     AdvantageTransform,
@@ -32,6 +32,8 @@ class Objective:
         loss: the policy surrogate (PPO-clip with ε_low/ε_high, GSPO, REINFORCE…).
         terms: extra per-token loss terms (entropy bonus, KL to reference, KL-Cov…).
         aggregation: how per-token losses become a scalar.
+        norm_length: the constant divisor of ``seq_mean_token_sum_norm`` (Dr.GRPO); None = the generation
+            budget ``sampling.max_new_tokens``, which the module passes in.
         transform_logprob: which detached log-prob the transforms see: ``current`` (the paper's choice) or
             ``old`` (π_old, recomputed by the trainer before the update).
     """
@@ -44,6 +46,7 @@ class Objective:
         terms: list[LossTerm] | None = None,
         aggregation: AggregationMode = "token_mean",
         transform_logprob: str = "current",
+        norm_length: int | None = None,
     ) -> None:
         if transform_logprob not in ("current", "old"):
             raise ValueError(f"objective.transform_logprob must be 'current' or 'old', got {transform_logprob!r}")
@@ -55,6 +58,14 @@ class Objective:
         self.terms = list(terms or [])
         self.aggregation = aggregation
         self.transform_logprob = transform_logprob
+        if norm_length is not None and norm_length < 1:
+            raise ValueError(f"objective.norm_length must be >= 1 or null, got {norm_length!r}")
+        self.norm_length = norm_length
+
+    def set_generation_budget(self, max_new_tokens: int) -> None:
+        """Dr.GRPO's constant normaliser defaults to the generation budget (called by the module)."""
+        if self.norm_length is None:
+            self.norm_length = int(max_new_tokens)
 
     # -- what the module must compute for us ---------------------------------------------------------
     @property
@@ -85,24 +96,27 @@ class Objective:
             adv = transform(adv, logp.detach(), ent, mask) * mask
         return adv.detach()
 
-    def compute_loss(self, batch: PolicyBatch) -> LossOutput:
-        """Per-token policy loss + extra terms, aggregated to a scalar.
+    def compute_loss(self, batch: PolicyBatch, normaliser: Normaliser | None = None) -> LossOutput:
+        """Per-token policy loss + extra terms, aggregated to a scalar (global means given a ``normaliser``).
 
         Metric names come back namespaced: ``loss/pg``, ``loss/<TermClass>``, ``loss/total`` and
         ``policy/<name>`` for what the pieces report (clip fractions, ratios…).
         """
+        def reduce(per_token: Tensor) -> Tensor:
+            return aggregate(per_token, batch.mask, self.aggregation, self.norm_length, normaliser)
+
         out = self.loss(batch)
         per_token = out.loss
         metrics = {f"policy/{k}": v for k, v in out.metrics.items()}
-        metrics["loss/pg"] = aggregate(out.loss, batch.mask, self.aggregation).detach()
+        metrics["loss/pg"] = reduce(out.loss).detach()
         token_stats = dict(out.token_stats)
         for term in self.terms:
             t = term(batch)
             per_token = per_token + t.loss
             metrics.update({f"policy/{k}": v for k, v in t.metrics.items()})
-            metrics[f"loss/{type(term).__name__}"] = aggregate(t.loss, batch.mask, self.aggregation).detach()
+            metrics[f"loss/{type(term).__name__}"] = reduce(t.loss).detach()
             token_stats.update(t.token_stats)
-        loss = aggregate(per_token, batch.mask, self.aggregation)
+        loss = reduce(per_token)
         metrics["loss/total"] = loss.detach()
         return LossOutput(loss=loss, metrics=metrics, token_stats=token_stats)
 

@@ -1,0 +1,80 @@
+"""The update schedule (epochs × minibatches per rollout) and deterministic log-prob passes (no dropout)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from epr_lightning.lora import LoRAConfig
+from epr_lightning.models import PolicySource, disable_dropout
+from epr_lightning.module import RLModule
+from epr_lightning.objectives import Objective, REINFORCELoss
+from epr_lightning.rollout.base import TokenBatch
+from epr_lightning.tiny import char_tokenizer
+from epr_lightning.training import minibatch_rows
+
+
+def test_minibatch_rows():
+    assert minibatch_rows(32, 2, None) == 16  # a count of minibatches does not depend on the batch size
+    assert minibatch_rows(10, 3, None) == 4  # ⌈10 / 3⌉: minibatches of 4, 4, 2
+    assert minibatch_rows(32, None, 8) == 8
+    assert minibatch_rows(6, None, 8) == 6 and minibatch_rows(6, None, None) == 6
+
+
+def test_schedule_arguments_are_validated():
+    with pytest.raises(ValueError, match="set only one of model.num_minibatches"):
+        RLModule(num_minibatches=2, minibatch_size=8)
+    with pytest.raises(ValueError, match="num_minibatches must be >= 1"):
+        RLModule(num_minibatches=0)
+    with pytest.raises(ValueError, match="strictly on-policy"):
+        RLModule(objective=Objective(loss=REINFORCELoss()), num_minibatches=2)
+    RLModule(objective=Objective(loss=REINFORCELoss()), num_minibatches=1)  # one update per rollout is fine
+
+
+class DropoutTiny(PolicySource):
+    """The tiny Llama with attention dropout 0.5 (as some checkpoints ship)."""
+
+    def build(self):
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tok = char_tokenizer()
+        config = LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config).train(), tok
+
+
+def _tokens(vocab: int) -> TokenBatch:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (3, 10), generator=g)
+    mask = torch.zeros(3, 10)
+    mask[:, 4:] = 1.0
+    return TokenBatch(
+        ids, torch.ones(3, 10, dtype=torch.long), mask, torch.zeros(3, 10), torch.tensor([0, 0, 0])
+    )
+
+
+@pytest.mark.parametrize(
+    "lora", [None, LoRAConfig(r=4, alpha=8, dropout=0.3, target_modules=["q_proj", "v_proj"])]
+)
+def test_log_prob_passes_are_deterministic_with_dropout_models(lora):
+    module = RLModule(policy=DropoutTiny(), lora=lora)
+    module.configure_model()
+    assert module.policy.training  # the passes run in train mode (gradient checkpointing needs it) ...
+    tokens = _tokens(len(module.tokenizer))
+    first = module.policy_pass(tokens, grad=True)
+    second = module.policy_pass(tokens, grad=False)
+    # ... yet two passes over the same tokens agree exactly: the on-policy ratio is 1, entropies are not noisy
+    assert torch.equal(first.logp.detach(), second.logp) and torch.equal(
+        first.entropy.detach(), second.entropy
+    )
+    assert module.policy.config.attention_dropout == 0.0
+
+
+def test_disable_dropout_reports_what_it_changed():
+    model, _ = DropoutTiny().build()
+    assert disable_dropout(model) > 0
+    assert disable_dropout(model) == 0  # idempotent
