@@ -13,7 +13,9 @@ from epr_lightning.objectives import (
     REPOD,
     REPOR,
     ClipCovLoss,
+    DrGRPOAdvantage,
     EntropyBonus,
+    GRPOAdvantage,
     GSPOLoss,
     KLCovLoss,
     PPOClipLoss,
@@ -46,6 +48,7 @@ def test_every_other_config_composes_with_tiny_cpu(config):
 EXPECTED = {
     # method: (loss type, transform types, term types, controller types)
     "grpo": (PPOClipLoss, [], [], []),
+    "dr_grpo": (PPOClipLoss, [], [], []),
     "rloo": (REINFORCELoss, [], [], []),
     "dapo": (PPOClipLoss, [], [], []),
     "gspo": (GSPOLoss, [], [], []),
@@ -78,8 +81,74 @@ def test_method_composes_builds_its_objective_and_keeps_the_checkpoint(name):
 
 
 def test_every_method_yaml_is_covered():
-    # the 12 methods of the brief, no more and no less (a new YAML needs a row in EXPECTED)
-    assert {p.stem for p in METHODS} == set(EXPECTED) and len(EXPECTED) == 12
+    # the 12 methods of the brief and Dr.GRPO, no more and no less (a new YAML needs a row in EXPECTED)
+    assert {p.stem for p in METHODS} == set(EXPECTED) and len(EXPECTED) == 13
+
+
+# method: (advantage estimator, aggregation), as the README's method table states them
+ESTIMATORS = {
+    "grpo": (GRPOAdvantage, "seq_mean_token_mean"),
+    "dr_grpo": (DrGRPOAdvantage, "seq_mean_token_sum_norm"),
+    "rloo": (RLOOAdvantage, "seq_mean_token_mean"),
+    "dapo": (RLOOAdvantage, "token_mean"),
+    "gspo": (RLOOAdvantage, "seq_mean_token_mean"),
+    "entropy_bonus": (RLOOAdvantage, "token_mean"),
+    "adaptive_entropy_bonus": (RLOOAdvantage, "token_mean"),
+    "clip_cov": (GRPOAdvantage, "token_mean"),
+    "kl_cov": (GRPOAdvantage, "token_mean"),
+    "repo": (RLOOAdvantage, "token_mean"),
+    "repo_r": (RLOOAdvantage, "token_mean"),
+    "repo_d": (RLOOAdvantage, "token_mean"),
+    "adapo": (RLOOAdvantage, "token_mean"),
+}
+
+
+@pytest.mark.parametrize("base", [ROOT / "configs" / "demo.yaml", BASE], ids=["demo", "tiny_cpu"])
+def test_every_method_resolves_to_the_same_update_schedule(base, tmp_path):
+    # A base that sets its own schedule must not leak into the comparison: the method file comes last.
+    odd = tmp_path / "odd_schedule.yaml"
+    odd.write_text(
+        "model:\n  init_args:\n    ppo_epochs: 3\n    minibatch_size: 5\n    num_minibatches: null\n"
+    )
+    schedules = {}
+    for name in EXPECTED:
+        for before in ([base], [base, odd]):
+            cli = compose(*before, ROOT / "configs" / "method" / f"{name}.yaml")
+            m = cli.model
+            schedules[name, len(before)] = (m.ppo_epochs, m.num_minibatches, m.minibatch_size)
+    shared = {v for (name, _), v in schedules.items() if name != "rloo"}
+    assert shared == {(1, 2, None)}, schedules  # 2 optimizer steps per rollout for every PPO-family method
+    assert {schedules["rloo", 1], schedules["rloo", 2]} == {(1, 1, None)}  # strictly on-policy
+
+
+def test_demo_is_grpo_exactly():
+    demo, grpo = (
+        compose(ROOT / "configs" / "demo.yaml").model,
+        compose(ROOT / "configs" / "demo.yaml", ROOT / "configs" / "method" / "grpo.yaml").model,
+    )
+    for m in (demo, grpo):
+        assert (m.ppo_epochs, m.num_minibatches, m.minibatch_size) == (1, 2, None)
+    assert demo.objective.loss.state_dict() == grpo.objective.loss.state_dict()
+    assert type(demo.objective.advantage) is type(grpo.objective.advantage) is GRPOAdvantage
+    assert demo.objective.aggregation == grpo.objective.aggregation
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_method_advantage_estimator_and_aggregation(name):
+    obj = compose(BASE, ROOT / "configs" / "method" / f"{name}.yaml").model.objective
+    estimator, aggregation = ESTIMATORS[name]
+    assert type(obj.advantage) is estimator and obj.aggregation == aggregation
+
+
+def test_dr_grpo_normalises_by_the_generation_budget():
+    model = compose(BASE, ROOT / "configs" / "method" / "dr_grpo.yaml").model
+    assert model.objective.norm_length == model.sampling.max_new_tokens == 12
+
+
+def test_clip_cov_follows_cui_et_al():
+    loss = compose(BASE, ROOT / "configs" / "method" / "clip_cov.yaml").model.objective.loss
+    assert (loss.base.eps_low, loss.base.eps_high, loss.base.dual_clip) == (1.0, 1.0, 10.0)
+    assert (loss.clip_ratio, loss.cov_low, loss.cov_high) == (2e-4, 1.0, 5.0)
 
 
 def test_method_specific_settings(tmp_path):
@@ -93,6 +162,7 @@ def test_method_specific_settings(tmp_path):
         isinstance(rloo.objective.advantage, RLOOAdvantage)
         and rloo.ppo_epochs == 1
         and rloo.minibatch_size is None
+        and rloo.num_minibatches == 1
     )
     dapo = model("dapo").objective
     assert (dapo.loss.eps_low, dapo.loss.eps_high, dapo.aggregation) == (0.2, 0.28, "token_mean")

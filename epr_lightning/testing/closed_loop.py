@@ -59,7 +59,7 @@ def toy_args(root: str | Path, method: str, seed: int = 0, iterations: int = 20,
         "--model.init_args.sampling.temperature=0.1",
         "--model.init_args.optimizer.init_args.lr=2e-4",
         "--model.init_args.ppo_epochs=2",
-        "--model.init_args.minibatch_size=8",
+        "--model.init_args.num_minibatches=2",
         *extra,
     )  # fmt: skip
 
