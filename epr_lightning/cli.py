@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from argparse import ArgumentError
 
-os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning 2.6 uses deprecated jsonargparse calls
+# Lightning 2.6 uses deprecated jsonargparse calls
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 from typing import Any
 
@@ -19,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from epr_lightning.checkpointing import RolloutCheckpoint, install_atomic_checkpoint_io
+from epr_lightning.cli_errors import summarize_parse_error
 from epr_lightning.data import PromptDataModule
 from epr_lightning.module import RLModule
 
@@ -92,7 +95,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def build_cli(args: ArgsType = None, run: bool = True) -> EPRLightningCLI:
+def build_cli(args: ArgsType = None, run: bool = True, exit_on_error: bool = True) -> EPRLightningCLI:
+    """The CLI; ``exit_on_error=False`` makes parse errors raise ``ArgumentError`` instead of printing usage."""
     return EPRLightningCLI(
         RLModule,
         PromptDataModule,
@@ -101,18 +105,23 @@ def build_cli(args: ArgsType = None, run: bool = True) -> EPRLightningCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": exit_on_error},  # subcommand parsers inherit it at parse time
         args=args,
         run=run,
     )
 
 
 def main(args: ArgsType = None) -> None:
-    """Console entry point. Set ``EPR_DEBUG=1`` to see full tracebacks of input errors."""
+    """Console entry point. Set ``EPR_DEBUG=1`` to see full tracebacks and jsonargparse's full parse reports."""
     _quiet_libraries()
+    debug = bool(os.environ.get("EPR_DEBUG"))
     try:
-        build_cli(args)
+        build_cli(args, exit_on_error=debug)  # with EPR_DEBUG, jsonargparse prints usage + report, exits 2
+    except ArgumentError as err:  # a bad config file, key, type or class_path: caught while parsing
+        print(f"epr-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)
+        raise SystemExit(2) from None
     except USER_ERRORS as err:
-        if os.environ.get("EPR_DEBUG"):
+        if debug:
             raise
         print(f"epr-lightning: error: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -130,11 +130,55 @@ def test_prompt_longer_than_the_model_context_is_caught_without_max_prompt_token
 
 
 # ---------------------------------------------------------------------------------------------- config values
+def only_line(code: int, err: str, *needles: str) -> str:
+    """Exit code 2 and stderr is exactly one ``epr-lightning: error:`` line containing every needle."""
+    assert code == 2, err[-3000:]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epr-lightning: error: "), err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def test_unknown_class_path_is_rejected_at_parse_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, err = run_main(tmp_path, capsys, "--model.init_args.policy", "epr_lightning.models.NoSuchModel")
+    line = only_line(code, err, "model.policy:", "'epr_lightning.models.NoSuchModel'", "cannot be imported")
+    assert line == (
+        "epr-lightning: error: model.policy: class_path 'epr_lightning.models.NoSuchModel' cannot be imported "
+        "(module 'epr_lightning.models' has no attribute 'NoSuchModel')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--model.init_args.no_such_key", "3"], "model.no_such_key: unknown key 'no_such_key'"),
+        (["--trainer.no_such_key", "3"], "trainer.no_such_key: unknown key"),
+        (["--model.init_args.reward_timeout_s", "abc"], "model.reward_timeout_s: expected float, got 'abc'"),
+        (["--trainer.max_epochs", "xyz"], "trainer.max_epochs: expected int or None, got 'xyz'"),
+        (["--config", "{tmp}/no-such.yaml"], "config: File does not exist: '{tmp}/no-such.yaml'"),
+        (["--config", "{tmp}/bad_key.yaml"], "model.not_a_field: unknown key 'not_a_field'"),
+        (["--config", "{tmp}/bad_type.yaml"], "model.sampling.temperature: expected float, got 'hot'"),
+    ],
+    ids=["key", "trainer_key", "type", "trainer_type", "no_config_file", "yaml_key", "yaml_type"],
+)
+def test_parse_errors_are_one_line_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], expected: str
+) -> None:
+    (tmp_path / "bad_key.yaml").write_text("model:\n  init_args:\n    not_a_field: 3\n")
+    (tmp_path / "bad_type.yaml").write_text("model:\n  init_args:\n    sampling:\n      temperature: hot\n")
+    code, err = run_main(tmp_path, capsys, *(a.format(tmp=tmp_path) for a in extra))
+    only_line(code, err, f"epr-lightning: error: {expected.format(tmp=tmp_path)}")
+
+
+def test_epr_debug_keeps_the_full_parse_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EPR_DEBUG", "1")
+    code, err = run_main(tmp_path, capsys, "--model.init_args.policy", "epr_lightning.models.NoSuchModel")
     assert code == 2
-    assert "NoSuchModel" in err and "policy" in err
-    assert "Traceback" not in err
+    assert err.startswith("usage: ") and len(err.splitlines()) > 20
+    assert "Problem with given class_path 'epr_lightning.models.NoSuchModel'" in err
 
 
 @pytest.mark.parametrize(
