@@ -2,9 +2,11 @@
 
 Opt-in diagnostic (one extra no-grad forward per logged iteration). From each ``StepRecord``:
 
-- ``dynamics/cov_A_L``: token mean of π·A·L over the sampled tokens, L = log π_old + H (``theory.
-  sampled_entropy_covariance`` with the *transformed* token advantages, i.e. what the update used). It is
-  lr-free: Theorem 1 (orthogonal score functions, one step η on each state's logits) predicts ΔH ≈ −η·cov_A_L.
+- ``dynamics/cov_A_L``: token mean of A·(π·L − S) over the sampled tokens, L = log π_old + H and
+  S = Σ_a π_old(a)²·L(a) at that position (``theory.sampled_entropy_covariance`` with the *transformed* token
+  advantages, i.e. what the update used). It is lr-free: Theorem 1 (orthogonal score functions, one step η on
+  each state's logits) predicts ΔH ≈ −η·cov_A_L; S keeps the sign right for advantages that are not centred
+  per state.
 - ``dynamics/predicted_dH``: −cov_A_L, the first-order prediction for a unit step (η = 1 on the logits). Its
   *sign* is the prediction; its scale is not comparable with a real optimizer step on shared parameters.
 - ``dynamics/cov_pos`` / ``dynamics/cov_neg``: the same mean split by the advantage's sign (contributions of
@@ -33,14 +35,15 @@ from ._logging import get_record, log_scalars
 
 
 def signed_covariances(
-    logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor
+    logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor, collision: Tensor
 ) -> tuple[float, float, float]:
-    """(total, A>0 part, A<0 part) of the token mean of π·A·(log π + H); the parts sum to the total.
+    """(total, A>0 part, A<0 part) of the token mean of A·(π·L − S); the parts sum to the total.
 
     Each part is Σ over its tokens divided by the number of *all* masked tokens.
     """
-    total = float(sampled_entropy_covariance(logp, entropy, adv, mask))
-    terms = logp.float().exp() * adv.float() * (logp.float() + entropy.float()) * mask
+    total = float(sampled_entropy_covariance(logp, entropy, adv, mask, collision))
+    p = logp.float().exp()
+    terms = adv.float() * (p * (logp.float() + entropy.float()) - collision.float()) * mask
     n = float(mask.sum())
     if n == 0:
         return total, 0.0, 0.0
@@ -93,9 +96,11 @@ class EntropyDynamics(pl.Callback):
     def measure(self, pl_module: Any, record: StepRecord) -> dict[str, float]:
         """All ``dynamics/…`` values for one record (the module must provide ``policy_pass``)."""
         rows = slice(None) if self.max_rows is None else slice(0, self.max_rows)
-        logp, ent = record.old_logp[rows], record.entropy[rows]
+        if record.collision is None:
+            raise ValueError("EntropyDynamics needs StepRecord.collision (S per position); the module records it")
+        logp, ent, col = record.old_logp[rows], record.entropy[rows], record.collision[rows]
         adv, mask = record.token_advantages[rows], record.loss_mask[rows]
-        cov, cov_pos, cov_neg = signed_covariances(logp, ent, adv, mask)
+        cov, cov_pos, cov_neg = signed_covariances(logp, ent, adv, mask, col)
         sub = record if self.max_rows is None else _slice_record(record, rows)
         tokens = record_batch(sub, pl_module.device)
         after = pl_module.policy_pass(tokens, grad=False)

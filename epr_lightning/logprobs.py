@@ -15,6 +15,8 @@ applied inside the chunked head instead, before the temperature; see ``logit_sca
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,56 @@ def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.M
     return decoder, head
 
 
+LogProbDType = Literal["float32", "bfloat16"]
+
+
+@dataclass
+class PolicyPass:
+    """What one pass of the policy over a token batch gives, [N, T] each (0 off the score mask).
+
+    Attributes:
+        logp: log π of each sampled token (fp32 values; with ``logprob_dtype="bfloat16"`` they are bf16-rounded).
+        entropy: exact full-vocabulary entropy H(π(·|s_t)) at each position.
+        collision: S_t = Σ_a π_a²·(log π_a + H), detached. A policy-gradient step on one sampled token b with
+            advantage A changes the entropy by −η·A·(π_b·L_b − S) (L = log π + H); S is what makes the sampled
+            estimate of Theorem 1 correct for advantages that are not centred per state.
+        logp_fp32: the fp32 log-probs of the same tokens when ``logp`` is bf16 (for the precision audit), else None.
+    """
+
+    logp: Tensor
+    entropy: Tensor
+    collision: Tensor | None = None
+    logp_fp32: Tensor | None = None
+
+    def detached(self) -> PolicyPass:
+        def d(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach()
+
+        return PolicyPass(d(self.logp), d(self.entropy), d(self.collision), d(self.logp_fp32))
+
+    def rows(self, rows: Tensor, width: int) -> PolicyPass:
+        """The given rows, trimmed to ``width`` positions (a minibatch's view of a whole-rollout pass)."""
+
+        def r(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[rows, :width]
+
+        return PolicyPass(r(self.logp), r(self.entropy), r(self.collision), r(self.logp_fp32))
+
+
+def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    # autocast (Trainer "bf16-mixed") would otherwise choose the matmul's precision itself
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return F.linear(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def _stats(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(log π of the targets, entropy, log Z) of [M, V] logits, in the logits' own dtype."""
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    return logp, entropy, logz
+
+
 def _head_chunk(
     hidden: Tensor,
     targets: Tensor,
@@ -49,21 +101,63 @@ def _head_chunk(
     temperature: float,
     fp32_head: bool,
     transform: LogitTransform | None,
-) -> tuple[Tensor, Tensor]:
-    if fp32_head:  # autocast (Trainer "bf16-mixed") would otherwise run this matmul in bf16
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    logprob_dtype: LogProbDType = "float32",
+) -> Tensor:
+    """[K, M]: log-probs, entropies and S of a chunk (K = 3), plus the fp32 log-probs in bf16 mode (K = 4)."""
+    if fp32_head or logprob_dtype == "bfloat16":
+        logits = _logits(hidden, weight, bias, torch.float32)
     else:
         logits = F.linear(hidden, weight, bias).float()
     if transform is not None:  # the model's own post-head step (soft-cap, scale) comes before T
         logits = transform(logits)
     if temperature != 1.0:
         logits = logits / temperature
-    logz = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
-    probs = torch.softmax(logits, dim=-1)
-    entropy = logz - (probs * logits).sum(dim=-1)
-    return logp, entropy
+    logp, entropy, logz = _stats(logits, targets)
+    with torch.no_grad():  # S = Σ π²·(log π + H) = Σ π²·log π + H·Σ π², a detached statistic
+        probs = torch.exp(logits - logz[:, None])
+        sq = probs * probs
+        collision = (sq * (logits - logz[:, None])).sum(dim=-1) + entropy * sq.sum(dim=-1)
+    if logprob_dtype == "float32":
+        return torch.stack([logp, entropy, collision])
+    # Research switch: the whole log-prob path in bf16 (logits, log Z, log-probs, entropies), as a trainer
+    # without an fp32 head computes it; the fp32 log-probs ride along so the clip decisions can be compared.
+    low = _logits(hidden, weight, bias, torch.bfloat16)
+    if transform is not None:
+        low = transform(low)
+    if temperature != 1.0:
+        low = low / temperature
+    logp_low, entropy_low, _ = _stats(low, targets)
+    return torch.stack([logp_low.float(), entropy_low.float(), collision, logp.detach()])
+
+
+def chunked_head_stats(
+    hidden: Tensor,
+    targets: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    fp32_head: bool = True,
+    logit_transform: LogitTransform | None = None,
+    logprob_dtype: LogProbDType = "float32",
+) -> Tensor:
+    """[K, M] per-row statistics of ``hidden`` [M, H] (see ``_head_chunk``), chunk by chunk.
+
+    ``logit_transform`` maps the fp32 logits before the temperature (a model's post-head rescaling).
+    """
+    if logprob_dtype not in LogProbDType.__args__:
+        raise ValueError(f"logprob_dtype must be one of {LogProbDType.__args__}, got {logprob_dtype!r}")
+    use_ckpt = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    fn: Callable[..., Tensor] = _head_chunk
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        args = (h, t, weight, bias, temperature, fp32_head, logit_transform, logprob_dtype)
+        parts.append(checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args))
+    if not parts:
+        return hidden.new_zeros(3 if logprob_dtype == "float32" else 4, 0, dtype=torch.float32)
+    return torch.cat(parts, dim=1)
 
 
 def chunked_logprobs_entropy(
@@ -77,30 +171,15 @@ def chunked_logprobs_entropy(
     fp32_head: bool = True,
     logit_transform: LogitTransform | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Log-prob of ``targets`` and entropy for each row of ``hidden`` ([M, H] → two [M] fp32 tensors).
-
-    ``logit_transform`` maps the fp32 logits before the temperature (a model's post-head rescaling).
-    """
-    use_ckpt = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    fn: Callable[..., tuple[Tensor, Tensor]] = _head_chunk
-    logps, ents = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if use_ckpt:
-            lp, ent = checkpoint(
-                fn, h, t, weight, bias, temperature, fp32_head, logit_transform, use_reentrant=False
-            )
-        else:
-            lp, ent = fn(h, t, weight, bias, temperature, fp32_head, logit_transform)
-        logps.append(lp)
-        ents.append(ent)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    return torch.cat(logps), torch.cat(ents)
+    """Log-prob of ``targets`` and entropy for each row of ``hidden`` ([M, H] → two [M] fp32 tensors)."""
+    stats = chunked_head_stats(
+        hidden, targets, weight, bias, temperature=temperature, chunk_size=chunk_size, fp32_head=fp32_head,
+        logit_transform=logit_transform,
+    )  # fmt: skip
+    return stats[0], stats[1]
 
 
-def token_logprobs_and_entropy(
+def score_tokens(
     model: torch.nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor,
@@ -109,11 +188,11 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     fp32_head: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Per-token log π(x_t | x_<t) and exact entropy H(π(· | x_<t)) at the positions where ``score_mask`` is 1.
-
-    Returns two fp32 [N, T] tensors aligned with ``input_ids`` (0 where ``score_mask`` is 0; position 0 is
-    never scored). Gradients flow when grad mode is on.
+    logprob_dtype: LogProbDType = "float32",
+) -> PolicyPass:
+    """Per-token log π(x_t | x_<t), exact entropy H(π(· | x_<t)) and S_t at the positions where ``score_mask``
+    is 1, as a ``PolicyPass`` of [N, T] fp32 tensors aligned with ``input_ids`` (0 where ``score_mask`` is 0;
+    position 0 is never scored). Gradients flow (into ``logp`` and ``entropy``) when grad mode is on.
     """
     _, head = split_causal_lm(model)
     transform = post_head_transform(model)  # read before the forward switches the model's own one off
@@ -124,9 +203,9 @@ def token_logprobs_and_entropy(
 
     returned: list[Tensor] = []
 
-    def scoring_head(hidden: Tensor) -> Tensor:  # [N, T, H] → [2, M] (log-probs; entropies)
+    def scoring_head(hidden: Tensor) -> Tensor:  # [N, T, H] → [K, M] (log-probs; entropies; S; …)
         h = hidden[:, :-1][rows, cols]
-        lp, ent = chunked_logprobs_entropy(
+        stats = chunked_head_stats(
             h,
             targets,
             head.weight,
@@ -135,10 +214,10 @@ def token_logprobs_and_entropy(
             chunk_size=chunk_size,
             fp32_head=fp32_head,
             logit_transform=transform,
+            logprob_dtype=logprob_dtype,
         )
-        stack = torch.stack([lp, ent])
-        returned.append(stack.detach().clone())
-        return stack
+        returned.append(stats.detach().clone())
+        return stats
 
     # The chunked pass runs *as* the LM head, inside the root module's forward: FSDP2 gathers the root's own
     # parameters (embeddings, final norm, LM head) only there, so calling the decoder and reading
@@ -156,12 +235,36 @@ def token_logprobs_and_entropy(
             "the chunked pass cannot score it"
         )
     check_head_output_untouched(model, out.logits, returned[0])
-    lp, ent = out.logits[0], out.logits[1]
-    logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    entropy = torch.zeros_like(logp)
-    logp = logp.index_put((rows, cols + 1), lp)
-    entropy = entropy.index_put((rows, cols + 1), ent)
-    return logp, entropy
+
+    def place(row: Tensor) -> Tensor:
+        full = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        return full.index_put((rows, cols + 1), row)
+
+    stats = out.logits
+    return PolicyPass(
+        logp=place(stats[0]),
+        entropy=place(stats[1]),
+        collision=place(stats[2]).detach(),
+        logp_fp32=place(stats[3]).detach() if stats.shape[0] > 3 else None,
+    )
+
+
+def token_logprobs_and_entropy(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    score_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    fp32_head: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(log-probs, entropies) of ``score_tokens`` (fp32 [N, T] each), for callers that need only those two."""
+    p = score_tokens(
+        model, input_ids, attention_mask, score_mask, temperature=temperature, chunk_size=chunk_size,
+        fp32_head=fp32_head,
+    )  # fmt: skip
+    return p.logp, p.entropy
 
 
 def naive_logprobs_entropy(

@@ -23,6 +23,8 @@ class StepRecord:
         seq_advantages: [N] advantages before transforms; ``token_advantages`` [N, T] after (first epoch).
         entropy: [N, T] exact full-vocab entropy of π_old (before the update), fp32.
         old_logp: [N, T] trainer log-probs of π_old; ``sampler_logp`` [N, T] the engine's.
+        collision: [N, T] S_t = Σ_a π_old(a)²·(log π_old(a) + H) per position (for Theorem 1's sampled
+            estimate; see ``logprobs.PolicyPass``), or None when not computed.
         clip_upper / clip_lower: [N, T] masks of tokens clipped at 1+ε_high / 1−ε_low in the last epoch.
         prompts / completions / answers: texts for logging and diversity metrics (answers = extracted final
             answers, None when none was found).
@@ -51,6 +53,7 @@ class StepRecord:
     num_generations: int
     reward_errors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    collision: Tensor | None = None
 
     def token_mean_entropy(self) -> float:
         """Exact token-mean entropy of π_old over completion tokens."""

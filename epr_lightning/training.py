@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from epr_lightning.logprobs import PolicyPass
 from epr_lightning.objectives.aggregation import global_normaliser
 from epr_lightning.objectives.base import PolicyBatch
 from epr_lightning.rollout.base import Rollout, TokenBatch
@@ -20,14 +21,6 @@ from epr_lightning.tasks.base import Example, RewardFunction
 
 if TYPE_CHECKING:
     from epr_lightning.module import RLModule
-
-
-@dataclass
-class PolicyPass:
-    """fp32 [N, T] log-probs of the sampled tokens and exact entropies (0 off the loss mask)."""
-
-    logp: Tensor
-    entropy: Tensor
 
 
 @dataclass
@@ -113,10 +106,10 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
     n = len(tokens)
     mb = minibatch_rows(n, module.num_minibatches, module.minibatch_size)
     fused = module.ppo_epochs == 1 and mb >= n
-    old = None if fused else module.policy_pass(tokens, grad=False)
+    old = None if fused else module.policy_pass(tokens, grad=False).detached()
     ref_logp = _reference_logp(module, tokens) if obj.needs_reference else None
     shape = tokens.input_ids.shape
-    full = {k: torch.zeros(shape, device=tokens.input_ids.device) for k in ("logp", "ent", "adv", "up", "low")}
+    full = {k: torch.zeros(shape, device=tokens.input_ids.device) for k in ("adv", "up", "low")}
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     gen = torch.Generator().manual_seed(1_000_003 * module.iteration + 17)
@@ -127,27 +120,21 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
             sub = tokens.select(rows)
             width = sub.input_ids.shape[1]
             cur = module.policy_pass(sub, grad=True)
+            sub_old = cur.detached() if fused else old.rows(rows, width)
             if fused:
-                old_logp, old_ent = cur.logp.detach(), cur.entropy.detach()
-                _scatter(full["logp"], rows, old_logp)
-                _scatter(full["ent"], rows, old_ent)
-            else:
-                old_logp, old_ent = old.logp[rows, :width], old.entropy[rows, :width]
-            use_current = obj.transform_logprob == "current"
-            adv = obj.token_advantages(
-                seq_adv[rows],
-                sub.loss_mask,
-                cur.logp.detach() if use_current else old_logp,
-                cur.entropy.detach() if use_current else old_ent,
-            )
+                old = cur.detached()  # one minibatch of the whole rollout: this pass is π_old
+            seen = cur.detached() if obj.transform_logprob == "current" else sub_old
+            adv = obj.token_advantages(seq_adv[rows], sub.loss_mask, seen.logp, seen.entropy, seen.collision)
             batch = PolicyBatch(
                 logp=cur.logp,
-                old_logp=old_logp,
+                old_logp=sub_old.logp,
                 sampler_logp=sub.sampler_logprobs,
                 advantages=adv,
                 mask=sub.loss_mask,
                 entropy=cur.entropy if obj.needs_entropy_grad else cur.entropy.detach(),
                 ref_logp=None if ref_logp is None else ref_logp[rows, :width],
+                logp_fp32=cur.logp_fp32,
+                old_logp_fp32=sub_old.logp_fp32,
             )
             out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
             norm = optimizer_step(module, out.loss)
@@ -158,7 +145,9 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
                     if name in out.token_stats:
                         _scatter(full[key], rows, out.token_stats[name])
             step_metrics = {k: float(v) for k, v in out.metrics.items()}
-            step_metrics.update({f"policy/{k}": float(v) for t in obj.transforms for k, v in getattr(t, "last_stats", {}).items()})
+            step_metrics.update(
+                {f"policy/{k}": float(v) for t in obj.transforms for k, v in getattr(t, "last_stats", {}).items()}
+            )
             if norm is not None:
                 step_metrics["train/grad_norm"] = norm
             for k, v in step_metrics.items():
@@ -167,11 +156,9 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
     metrics = {k: sums[k] / counts[k] for k in sums}
     opt = module.optimizers()
     metrics["train/lr"] = float(opt.param_groups[0]["lr"])
-    if old is None:
-        old = PolicyPass(logp=full["logp"], entropy=full["ent"])
     has_clip = bool(full["up"].any() or full["low"].any()) or "policy/clipfrac_upper" in metrics
     return UpdateStats(
-        old=PolicyPass(logp=old.logp.detach(), entropy=old.entropy.detach()),
+        old=old,
         token_advantages=full["adv"],
         clip_upper=full["up"] if has_clip else None,
         clip_lower=full["low"] if has_clip else None,

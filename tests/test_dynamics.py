@@ -8,13 +8,14 @@ import torch
 from epr_lightning.callbacks import EntropyDynamics
 from epr_lightning.callbacks.dynamics import record_batch, signed_covariances
 
+from epr_lightning.logprobs import PolicyPass
 from epr_lightning.record import StepRecord
 from epr_lightning.testing.closed_loop import quiet_tiny_args
-from epr_lightning.training import PolicyPass
 
 
 def make_record(iteration=0):
-    # two rows [prompt, c, c, pad]; pi(sampled) = 0.5, H = 1 -> L = 1 + ln .5 = 0.306853; A = +1 (row 0), -2 (row 1)
+    # two rows [prompt, c, c, pad]; pi(sampled) = 0.5, H = 1 -> L = 1 + ln .5 = 0.306853; A = +1 (row 0), -2 (row 1);
+    # S = sum_a pi_a^2 L_a = 0.2 at every completion position
     mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
     adv = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, -2.0, -2.0, 0.0]])
     return StepRecord(
@@ -36,6 +37,7 @@ def make_record(iteration=0):
         answers=[None, None],
         num_prompts=1,
         num_generations=2,
+        collision=0.2 * mask,
     )
 
 
@@ -55,12 +57,14 @@ class FakeModule:
 
 def test_signed_covariances_hand_values():
     rec = make_record()
-    # terms: row 0: .5 * 1 * .306853 = .1534265 (x2); row 1: .5 * -2 * .306853 = -.306853 (x2); 4 tokens
+    # terms A*(pi*L - S): row 0: 1 * (.1534265 - .2) = -.0465735 (x2); row 1: -2 * (.1534265 - .2) = .093147 (x2)
     ell = 1.0 + math.log(0.5)
-    total, pos, neg = signed_covariances(rec.old_logp, rec.entropy, rec.token_advantages, rec.loss_mask)
-    assert pos == pytest.approx(2 * 0.5 * ell / 4)
-    assert neg == pytest.approx(2 * 0.5 * -2 * ell / 4)
-    assert total == pytest.approx(pos + neg) and total == pytest.approx(-0.0767132, abs=1e-6)
+    total, pos, neg = signed_covariances(
+        rec.old_logp, rec.entropy, rec.token_advantages, rec.loss_mask, rec.collision
+    )
+    assert pos == pytest.approx(2 * (0.5 * ell - 0.2) / 4)
+    assert neg == pytest.approx(2 * -2 * (0.5 * ell - 0.2) / 4)
+    assert total == pytest.approx(pos + neg) and total == pytest.approx(0.0232868, abs=1e-6)
 
 
 def test_record_batch_rebuilds_the_token_batch():
@@ -73,13 +77,13 @@ def test_record_batch_rebuilds_the_token_batch():
 def test_measure_predicted_and_measured_change():
     module = FakeModule()
     values = EntropyDynamics().measure(module, make_record())
-    # predicted = -cov = +0.0767 (negative-advantage tokens dominate: entropy should rise)
-    assert values["dynamics/predicted_dH"] == pytest.approx(0.0767132, abs=1e-6)
+    # predicted = -cov = -0.0233: with S the rewarded row's likely tokens (pi*L < S) lower the entropy
+    assert values["dynamics/predicted_dH"] == pytest.approx(-0.0232868, abs=1e-6)
     assert values["dynamics/measured_dH"] == pytest.approx(0.75 - 1.0)
     assert values["dynamics/entropy_after"] == pytest.approx(0.75)
     limited = EntropyDynamics(max_rows=1).measure(module, make_record())
     assert module.seen.input_ids.shape[0] == 1
-    assert limited["dynamics/cov_A_L"] == pytest.approx(0.5 * (1.0 + math.log(0.5)))  # row 0 only: mean .1534
+    assert limited["dynamics/cov_A_L"] == pytest.approx(0.5 * (1.0 + math.log(0.5)) - 0.2)  # row 0 only
 
 
 def test_bad_arguments():
@@ -90,7 +94,9 @@ def test_bad_arguments():
 
 
 def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
-    """GRPO on the toy task: predicted (Theorem 1) and measured entropy changes share their sign most of the time."""
+    """GRPO on the toy task: predicted (Theorem 1) and measured entropy changes share their sign in ≥ 80% of 20
+    iterations (by chance: 0.6%). Measured: 17/20 at lr 1e-3 (Adam on a shared-parameter model, so the first-order
+    tabular prediction is not exact; tests/test_theory.py checks the sign on exact softmax steps)."""
     from epr_lightning.cli import build_cli
 
     cli = build_cli(
@@ -100,8 +106,8 @@ def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
             "--data.init_args.task",
             "epr_lightning.tasks.CharacterTask",
             "--data.init_args.batches_per_epoch",
-            "8",
-            "--model.init_args.optimizer.init_args.lr=1e-2",
+            "20",
+            "--model.init_args.optimizer.init_args.lr=1e-3",
         ),
         run=False,
     )
@@ -116,5 +122,5 @@ def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
     assert float(metrics["dynamics/cov_pos"] + metrics["dynamics/cov_neg"]) == pytest.approx(
         float(metrics["dynamics/cov_A_L"]), abs=1e-6
     )
-    assert dyn.compared == 8
-    assert dyn.agree / dyn.compared >= 0.6, f"sign agreement {dyn.agree}/{dyn.compared}"
+    assert dyn.compared == 20
+    assert dyn.agree / dyn.compared >= 0.8, f"sign agreement {dyn.agree}/{dyn.compared}"

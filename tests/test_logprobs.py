@@ -7,6 +7,7 @@ import torch
 from epr_lightning.logprobs import (
     chunked_logprobs_entropy,
     naive_logprobs_entropy,
+    score_tokens,
     token_logprobs_and_entropy,
 )
 
@@ -67,3 +68,33 @@ def test_bf16_weights_give_fp32_outputs():
     assert lp.dtype == torch.float32 and ent.dtype == torch.float32
     assert torch.allclose(lp, torch.log(p[:1]), atol=1e-6)
     assert torch.allclose(ent, -(p * p.log()).sum()[None], atol=1e-6)
+
+
+def test_collision_term_equals_the_full_softmax_value(tiny_model, tiny_tokenizer):
+    # S_t = Σ_a π(a|s_t)²·(log π(a|s_t) + H(s_t)) at the sampling temperature, from the chunked pass
+    from epr_lightning.objectives.theory import exact_collision
+
+    ids, attn, score = _batch(len(tiny_tokenizer))
+    with torch.no_grad():
+        out = score_tokens(tiny_model, ids, attn, score, temperature=0.7, chunk_size=5)
+        logits = tiny_model(input_ids=ids, attention_mask=attn).logits.double()[:, :-1] / 0.7
+    m = score[:, 1:].bool()
+    ref = exact_collision(logits)[m].float()
+    assert torch.allclose(out.collision[:, 1:][m], ref, atol=1e-6)
+    assert out.collision[:, 1:][~m].abs().max() == 0 and out.logp_fp32 is None
+    assert ref.abs().max() > 1e-4  # not trivially zero on this random model
+
+
+def test_bf16_logprob_switch_rounds_the_log_probs_and_keeps_fp32_alongside(tiny_model, tiny_tokenizer):
+    ids, attn, score = _batch(len(tiny_tokenizer))
+    with torch.no_grad():
+        fp32 = score_tokens(tiny_model, ids, attn, score, temperature=0.7)
+        low = score_tokens(tiny_model, ids, attn, score, temperature=0.7, logprob_dtype="bfloat16")
+    m = score.bool()
+    assert torch.equal(low.logp_fp32, fp32.logp)  # the fp32 log-probs of the same tokens ride along
+    assert torch.equal(low.logp[m], low.logp[m].bfloat16().float())  # bf16 values
+    err = (low.logp[m] - fp32.logp[m]).abs()
+    assert err.max() > 0 and err.max() < 0.1  # rounded, not garbage: bf16 spacing at |log π| ≈ 4-5 is 1/32
+    assert torch.allclose(low.entropy[m], fp32.entropy[m], atol=0.1)
+    lp, _ = token_logprobs_and_entropy(tiny_model, ids, attn, score, temperature=0.7)
+    assert torch.equal(lp, fp32.logp)  # the two-value helper is the same pass

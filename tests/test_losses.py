@@ -331,3 +331,15 @@ def test_dr_grpo_normalises_by_the_generation_budget_not_the_longest_completion(
     assert pinned.norm_length == 4
     with pytest.raises(ValueError, match="norm_length"):
         Objective(norm_length=0)
+
+
+def test_clip_decision_diff_counts_flips_between_bf16_and_fp32_ratios():
+    # fp32 ratios [1.25, 1.3, 0.85, 0.7]; the bf16-rounded log-probs move the first over 1+ε_high = 1.28 and the
+    # third under 1-ε_low = 0.8 (A = [+1, +1, -1, -1]): 2 of 4 decisions flip, the other two agree
+    r32 = torch.tensor([[1.25, 1.3, 0.85, 0.7]])
+    r16 = torch.tensor([[1.29, 1.31, 0.79, 0.69]])
+    batch = _batch(r16.log(), [[1.0, 1.0, -1.0, -1.0]])
+    batch.logp_fp32, batch.old_logp_fp32 = r32.log(), torch.zeros(1, 4)
+    out = PPOClipLoss(eps_low=0.2, eps_high=0.28)(batch)
+    assert out.metrics["clip_decision_diff"].item() == pytest.approx(0.5)
+    assert "clip_decision_diff" not in PPOClipLoss()(_batch(r16.log(), [[1.0, 1.0, -1.0, -1.0]])).metrics

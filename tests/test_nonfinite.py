@@ -104,8 +104,8 @@ class NaNAt(Callback):
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
         real = pl_module.objective.compute_loss
 
-        def poisoned(batch):  # noqa: ANN001, ANN202
-            out = real(batch)
+        def poisoned(batch, normaliser=None):  # noqa: ANN001, ANN202
+            out = real(batch, normaliser)
             if pl_module.iteration in self.iterations:
                 return dataclasses.replace(out, loss=out.loss * float("nan"))
             return out

@@ -58,26 +58,32 @@ def test_repo_general_form():
 
 
 def test_repo_d_hand_beta_and_decorrelation():
-    # pi = [0.5, 0.25], H = 1 -> L = [1 - ln2, 1 - 2 ln2] = [0.306853, -0.386294], A = [1, -1]
-    # num = 0.5*1*(1-ln2) + 0.25*(-1)*(1-2ln2) = 0.25 exactly
-    # den = 0.5*(1-ln2)^2 + 0.25*(1-2ln2)^2 = 0.0843852
+    # pi = [0.5, 0.25], H = 1 -> L = [1 - ln2, 1 - 2 ln2] = [0.306853, -0.386294], A = [1, -1], S = [0.1, -0.05]
+    # num = sum A*(pi*L - S) = (0.5*(1-ln2) - 0.1) - (0.25*(1-2ln2) + 0.05) = 0.25 - 0.15 = 0.1
+    # den = sum pi*L^2 = 0.5*(1-ln2)^2 + 0.25*(1-2ln2)^2 = 0.0843852
     a = torch.tensor([[1.0, -1.0, 7.0]])
     lp = torch.tensor([[-LN2, -2 * LN2, -0.1]])
     h = torch.tensor([[1.0, 1.0, 3.0]])
+    col = torch.tensor([[0.1, -0.05, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding and must not count
     den = 0.5 * (1 - LN2) ** 2 + 0.25 * (1 - 2 * LN2) ** 2
     assert den == pytest.approx(0.0843852, abs=1e-7)
-    assert repo_d_beta(a, lp, h, mask, zeta=1.0).item() == pytest.approx(0.25 / den, rel=1e-5)
+    assert repo_d_beta(a, lp, h, mask, 1.0, col).item() == pytest.approx(0.1 / den, rel=1e-5)
     t = REPOD(zeta=1.0)
-    out = t(a, lp, h, mask)
-    assert t.last_stats["beta"] == pytest.approx(2.96261, rel=1e-4)
-    # zeta = 1 removes the sampled Theorem-1 term: sum pi*A'*L = 0
+    out = t(a, lp, h, mask, collision=col)
+    assert t.last_stats["beta"] == pytest.approx(1.185045, rel=1e-4)
+    # zeta = 1 removes the estimated first-order term: sum A*(pi*L - S) - beta * sum pi*L^2 = 0
     pi, ell = lp.exp(), lp + h
-    assert (pi * out * ell * mask).sum().item() == pytest.approx(0.0, abs=1e-6)
+    beta = t.last_stats["beta"]
+    assert (a * (pi * ell - col) * mask).sum().item() - beta * (pi * ell * ell * mask).sum().item() == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+    torch.testing.assert_close(out, (a - beta * ell) * mask)
     assert out[0, 2].item() == 0.0
-    # zeta = 0.5 leaves half of it
-    out_half = REPOD(zeta=0.5)(a, lp, h, mask)
-    assert (pi * out_half * ell * mask).sum().item() == pytest.approx(0.125, abs=1e-6)
+    # zeta = 0.5 halves beta; without S the transform refuses to guess
+    REPOD(zeta=0.5)(a, lp, h, mask, collision=col)
+    with pytest.raises(ValueError, match="collision"):
+        REPOD()(a, lp, h, mask)
 
 
 def test_state_dict_round_trip_and_validation():

@@ -26,6 +26,9 @@ class PolicyBatch:
         entropy: exact per-token entropy [n, T] of the current policy (with grad when the objective's
             ``needs_entropy_grad``), or None when not computed.
         ref_logp: reference-policy log-probs (detached) when ``needs_reference``.
+        logp_fp32 / old_logp_fp32: fp32 versions of ``logp`` / ``old_logp`` (detached) when the trainer computes
+            its log-probs in bf16 (the precision experiment); the clipped losses then report how many clip
+            decisions the bf16 ratio changed.
     """
 
     logp: Tensor
@@ -35,6 +38,8 @@ class PolicyBatch:
     mask: Tensor
     entropy: Tensor | None = None
     ref_logp: Tensor | None = None
+    logp_fp32: Tensor | None = None
+    old_logp_fp32: Tensor | None = None
 
 
 @dataclass
@@ -62,14 +67,22 @@ class AdvantageTransform(ABC):
     """Token-level rewrite of the advantages (REPO family, masks…); applied per minibatch.
 
     ``logp`` is the detached log-prob of the sampled token (the current policy's or π_old's, as the
-    objective is configured); ``entropy`` the detached exact entropy at that position, or None.
+    objective is configured); ``entropy`` the detached exact entropy at that position, or None; ``collision``
+    the detached S = Σ_a π_a²·(log π_a + H) at that position (``logprobs.PolicyPass``), or None.
     """
 
     #: True when the transform needs the exact full-vocab entropy.
     needs_entropy: bool = False
 
     @abstractmethod
-    def __call__(self, advantages: Tensor, logp: Tensor, entropy: Tensor | None, mask: Tensor) -> Tensor:
+    def __call__(
+        self,
+        advantages: Tensor,
+        logp: Tensor,
+        entropy: Tensor | None,
+        mask: Tensor,
+        collision: Tensor | None = None,
+    ) -> Tensor:
         """advantages [n, T] → advantages [n, T]."""
 
     def state_dict(self) -> dict[str, float]:

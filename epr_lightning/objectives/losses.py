@@ -98,6 +98,19 @@ def _apply_tis(
     return per_token * w
 
 
+def clip_decision_diff(
+    batch: PolicyBatch, upper: Tensor, lower: Tensor, eps_low: float, eps_high: float
+) -> Tensor | None:
+    """Share of masked tokens whose clip decision (upper or lower) differs between the batch's ratio and the
+    fp32 ratio of the same tokens, or None when the batch carries no fp32 log-probs (fp32 runs)."""
+    if batch.logp_fp32 is None or batch.old_logp_fp32 is None:
+        return None
+    ratio32 = (batch.logp_fp32.float() - batch.old_logp_fp32.float()).exp()
+    up32, low32 = clip_masks(ratio32, batch.advantages.float(), batch.mask, eps_low, eps_high)
+    flipped = ((up32 != upper) | (low32 != lower)).to(batch.mask.dtype)
+    return masked_mean(flipped, batch.mask)
+
+
 def _ratio_metrics(
     ratio: Tensor, log_ratio: Tensor, upper: Tensor, lower: Tensor, mask: Tensor
 ) -> dict[str, Tensor]:
@@ -146,6 +159,9 @@ class PPOClipLoss(PolicyLoss):
         per_token = clipped_surrogate(ratio, adv, self.eps_low, self.eps_high)
         upper, lower = clip_masks(ratio.detach(), adv, batch.mask, self.eps_low, self.eps_high)
         metrics = _ratio_metrics(ratio, log_ratio, upper, lower, batch.mask)
+        diff = clip_decision_diff(batch, upper, lower, self.eps_low, self.eps_high)
+        if diff is not None:
+            metrics["clip_decision_diff"] = diff
         if self.dual_clip is not None:
             dual = ((adv < 0) & (ratio.detach() > self.dual_clip) & (batch.mask > 0)).to(batch.mask.dtype)
             per_token = dual_clipped(per_token, adv, self.dual_clip)

@@ -88,12 +88,20 @@ class Objective:
     def sequence_advantages(self, rewards: Tensor, group_index: Tensor) -> Tensor:
         return self.advantage(rewards.float(), group_index)
 
-    def token_advantages(self, seq_adv: Tensor, mask: Tensor, logp: Tensor, entropy: Tensor | None) -> Tensor:
+    def token_advantages(
+        self,
+        seq_adv: Tensor,
+        mask: Tensor,
+        logp: Tensor,
+        entropy: Tensor | None,
+        collision: Tensor | None = None,
+    ) -> Tensor:
         """Broadcast to tokens, then run the transform chain on detached inputs."""
         adv = broadcast_to_tokens(seq_adv, mask)
         ent = entropy.detach() if entropy is not None else None
+        col = collision.detach() if collision is not None else None
         for transform in self.transforms:
-            adv = transform(adv, logp.detach(), ent, mask) * mask
+            adv = transform(adv, logp.detach(), ent, mask, collision=col) * mask
         return adv.detach()
 
     def compute_loss(self, batch: PolicyBatch, normaliser: Normaliser | None = None) -> LossOutput:

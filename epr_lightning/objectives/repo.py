@@ -7,7 +7,7 @@ Theorem 1 of the paper (paper.md §2): ΔH ≈ −η·E_π[π·A·L] with L = lo
 |---|---|---|
 | ``REPO`` | A − β·L | fixed β (general form, needs the exact entropy H) |
 | ``REPOR`` | A − ζ·\\|A\\|·log π | ζ (adapted by the controller); raw log-prob, no entropy needed |
-| ``REPOD`` | A − β·L | β = ζ·Σπ·A·L / Σπ·L² over the minibatch [X] experimental |
+| ``REPOD`` | A − β·L | β = ζ·ΣA·(π·L − S) / Σπ·L² over the minibatch [X] experimental |
 
 All inputs are detached (``Objective.token_advantages`` detaches them); ``logp`` is the sampled token's
 log-prob. Coefficients are plain float attributes a controller may overwrite between iterations, saved via
@@ -60,15 +60,19 @@ def repo_r_advantages(
     return out
 
 
-def repo_d_beta(advantages: Tensor, logp: Tensor, entropy: Tensor, mask: Tensor, zeta: float) -> Tensor:
-    """[X] β = ζ·Σ_t π_t·A_t·L_t / Σ_t π_t·L_t² over the masked sampled tokens (0 if the denominator is 0).
+def repo_d_beta(
+    advantages: Tensor, logp: Tensor, entropy: Tensor, mask: Tensor, zeta: float, collision: Tensor
+) -> Tensor:
+    """[X] β = ζ·Σ_t A_t·(π_t·L_t − S_t) / Σ_t π_t·L_t² over the masked sampled tokens (0 if the denominator is 0).
 
-    For sampled a ∼ π, E[π·A·L] = Σ_a π²·A·L, so ζ = 1 cancels the first-order entropy change (theory.py)
-    pooled over the minibatch rather than per state.
+    A step on sampled token b changes H by −η·A_b·(π_b·L_b − S) (S = Σ_a π_a²·L_a); for b ∼ π its expectation is
+    −η·Σ_a π_a²·(A_a − E_π A)·L_a, and that of the −β·L_b term is +η·β·Σ_a π_a²·L_a² (E_π L = 0). So ζ = 1 cancels
+    the first-order entropy change (theory.py) pooled over the minibatch rather than per state, also when the
+    advantages are not centred per state (sequence advantages copied onto every token never are).
     """
     p = logp.exp()
     ell = centred_logprob(logp, entropy)
-    num = (p * advantages * ell * mask).sum()
+    num = (advantages * (p * ell - collision) * mask).sum()
     den = (p * ell * ell * mask).sum()
     return torch.where(
         den > 0, zeta * num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den)
@@ -96,7 +100,14 @@ class REPO(AdvantageTransform):
         self.beta = _finite("beta", beta)
         self.last_stats: dict[str, float] = {}
 
-    def __call__(self, advantages: Tensor, logp: Tensor, entropy: Tensor | None, mask: Tensor) -> Tensor:
+    def __call__(
+        self,
+        advantages: Tensor,
+        logp: Tensor,
+        entropy: Tensor | None,
+        mask: Tensor,
+        collision: Tensor | None = None,
+    ) -> Tensor:
         entropy = _require_entropy(entropy, "REPO")
         out = repo_advantages(advantages, logp, entropy, self.beta) * mask
         self.last_stats = {
@@ -126,7 +137,14 @@ class REPOR(AdvantageTransform):
         self.sign_preserving = bool(sign_preserving)
         self.last_stats: dict[str, float] = {}
 
-    def __call__(self, advantages: Tensor, logp: Tensor, entropy: Tensor | None, mask: Tensor) -> Tensor:
+    def __call__(
+        self,
+        advantages: Tensor,
+        logp: Tensor,
+        entropy: Tensor | None,
+        mask: Tensor,
+        collision: Tensor | None = None,
+    ) -> Tensor:
         out = repo_r_advantages(advantages, logp, self.zeta, self.logp_floor, self.sign_preserving) * mask
         unclamped = repo_r_advantages(advantages, logp, self.zeta, self.logp_floor, sign_preserving=False)
         self.last_stats = {
@@ -144,8 +162,8 @@ class REPOR(AdvantageTransform):
 class REPOD(AdvantageTransform):
     """[X] EXPERIMENTAL REPO-D, our reconstruction (paper.md §6), not the paper's formula.
 
-    A' = A − β·L with β = ζ·Σ π·A·L / Σ π·L² over the minibatch's masked sampled tokens (π = exp(log π) of
-    the sampled token, L = log π + H). ζ = 1 is the first-order decorrelating coefficient; the ζ controller
+    A' = A − β·L with β = ζ·Σ A·(π·L − S) / Σ π·L² over the minibatch's masked sampled tokens (π = exp(log π)
+    of the sampled token, L = log π + H, S = Σ_a π_a²·L_a at that position). ζ = 1 is the first-order decorrelating coefficient; the ζ controller
     adapts ζ within [1e-3, 10].
 
     Args:
@@ -158,9 +176,21 @@ class REPOD(AdvantageTransform):
         self.zeta = _finite("zeta", zeta)
         self.last_stats: dict[str, float] = {}
 
-    def __call__(self, advantages: Tensor, logp: Tensor, entropy: Tensor | None, mask: Tensor) -> Tensor:
+    def __call__(
+        self,
+        advantages: Tensor,
+        logp: Tensor,
+        entropy: Tensor | None,
+        mask: Tensor,
+        collision: Tensor | None = None,
+    ) -> Tensor:
         entropy = _require_entropy(entropy, "REPOD")
-        beta = repo_d_beta(advantages, logp, entropy, mask, self.zeta)
+        if collision is None:
+            raise ValueError(
+                "REPOD needs S = Σ_a π_a²·(log π_a + H) per position (collision=...); the module computes it in "
+                "its log-prob pass"
+            )
+        beta = repo_d_beta(advantages, logp, entropy, mask, self.zeta, collision)
         out = repo_advantages(advantages, logp, entropy, beta) * mask
         self.last_stats = {
             "zeta": self.zeta,

@@ -68,26 +68,39 @@ def repo_decorrelating_beta(logits: Tensor, adv: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den))
 
 
-def sampled_entropy_covariance(logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
-    """Token-mean of π·A·L over sampled tokens, L = log π + H (the Theorem-1 term, CCE-free given H).
+def sampled_entropy_covariance(
+    logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor, collision: Tensor
+) -> Tensor:
+    """Token mean of A·(π·L − S) over sampled tokens: the Theorem-1 term estimated from a rollout.
 
     Args:
         logp: [N, T] log π of each sampled token (e.g. ``StepRecord.old_logp``).
         entropy: [N, T] exact entropy H(s_t) (``StepRecord.entropy``).
         adv: [N, T] token advantages (``StepRecord.token_advantages``).
         mask: [N, T] loss mask.
+        collision: [N, T] S_t = Σ_a π(a|s_t)²·L(a) (``StepRecord.collision``).
 
     Returns:
-        A scalar. For a_t ∼ π(·|s_t), E[π(a_t)·A·L(a_t) | s_t] = Σ_a π²·A·L, so this is an unbiased estimate of
-        the visited-state average of Σ_a π(a|s)²·A(s,a)·L(s,a); under Theorem 1's assumptions (orthogonal
-        score functions, π-centred A, step η on each state's logits) the predicted entropy change per token is
-        −η times it. The realised ΔH of a real model update also depends on the optimizer and the shared
-        parameters, so compare sign and trend, not the scale.
+        A scalar. An exact gradient step of size η on A_b·log π(b|s) for one sampled token b moves the logits by
+        η·A_b·(e_b − π), which changes the entropy by −η·A_b·(π_b·L_b − S) to first order. For b ∼ π its
+        expectation is −η·Σ_a π²·(A − E_π A)·L, the theorem's form, so −η times this mean is the predicted
+        per-token ΔH — also for advantages that are not centred per state (sequence advantages copied onto every
+        token), where the uncentred estimate mean(π·A·L) can have the wrong sign. The realised ΔH of a real
+        model update also depends on the optimizer and the shared parameters: compare sign and trend.
     """
     p = logp.float().exp()
-    return masked_mean(p * adv.float() * (logp.float() + entropy.float()), mask)
+    ell = logp.float() + entropy.float()
+    return masked_mean(adv.float() * (p * ell - collision.float()), mask)
 
 
-def predicted_entropy_change(logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor, lr: float) -> Tensor:
+def predicted_entropy_change(
+    logp: Tensor, entropy: Tensor, adv: Tensor, mask: Tensor, collision: Tensor, lr: float
+) -> Tensor:
     """−lr·``sampled_entropy_covariance``: the first-order per-token ΔH implied by the sampled tokens."""
-    return -lr * sampled_entropy_covariance(logp, entropy, adv, mask)
+    return -lr * sampled_entropy_covariance(logp, entropy, adv, mask, collision)
+
+
+def exact_collision(logits: Tensor) -> Tensor:
+    """[..., V] logits → [...] S = Σ_a π(a)²·L(a) (the reference the chunked pass's S is tested against)."""
+    probs = torch.softmax(logits, dim=-1)
+    return (probs * probs * centred_logprob_full(logits)).sum(dim=-1)
