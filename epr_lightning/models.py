@@ -211,6 +211,24 @@ def disable_dropout(model: torch.nn.Module) -> int:
     return changed
 
 
+def load_policy_weights(policy: torch.nn.Module, checkpoint_path: str | Path) -> None:
+    """Load the ``policy.*`` weights of a Lightning checkpoint of an ``RLModule`` into ``policy`` (strict)."""
+    path = Path(checkpoint_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_weights {str(path)!r} is not a checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+    if not weights:
+        raise ValueError(f"model.init_weights {str(path)!r} holds no policy weights (not an epr-lightning checkpoint?)")
+    result = policy.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"model.init_weights {str(path)!r} does not match this policy: {len(result.missing_keys)} missing "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:2]}); use the same model and LoRA settings as the run that saved it"
+        )
+
+
 def encode_prompts(
     tokenizer: Any, prompts: list[str], system_prompt: str | None = None, use_chat_template: bool = True
 ) -> list[list[int]]:

@@ -8,6 +8,7 @@ Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iter
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -16,15 +17,22 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
+from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
 from epr_lightning.lora import LoRAConfig, apply_lora
-from epr_lightning.models import PackagedSmolLM2, PolicySource, disable_dropout, encode_prompts
+from epr_lightning.models import (
+    PackagedSmolLM2,
+    PolicySource,
+    disable_dropout,
+    encode_prompts,
+    load_policy_weights,
+)
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
-from epr_lightning.training import PolicyPass, UpdateStats, run_update, score_rollout
+from epr_lightning.training import UpdateStats, run_update, score_rollout
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -51,6 +59,9 @@ class RLModule(pl.LightningModule):
         grad_clip: max global grad norm (None = no clipping).
         logprob_chunk_size: scored tokens per LM-head chunk in the fp32 log-prob/entropy pass.
         fp32_lm_head: run the LM-head matmul in fp32 (bf16 weights then do not round the logits).
+        logprob_dtype: ``float32`` (the default, and what the method needs) or ``bfloat16`` — a research switch
+            that computes the trainer's logits, log-probs, entropies and so the ratios in bf16, to measure what
+            that precision does (``policy/clip_decision_diff`` counts the clip decisions it flips).
         use_chat_template: wrap prompts with the tokenizer's chat template when it has one.
         max_prompt_tokens: prompts longer than this are skipped or rejected (see ``long_prompts``).
         long_prompts: "skip" (count and drop) or "error".
@@ -60,6 +71,9 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
         lora: train LoRA adapters instead of all weights (None = full fine-tuning).
         fsdp: FSDP2 settings, used when the Trainer's strategy is ``ModelParallelStrategy``.
+        init_weights: a checkpoint (``.ckpt`` of an earlier run) whose policy weights this run starts from — a
+            warm start on a new task (optimizer, iteration and controller state start fresh, unlike
+            ``--ckpt_path``, which resumes). The model (and LoRA setup) must match the checkpoint's.
         validate_before_training: when the Trainer validates (``val_check_interval`` / a val split), run
             validation once before the first update too, so ``val/`` metrics have an iteration-0 baseline
             (a resumed run does not repeat it).
@@ -83,6 +97,7 @@ class RLModule(pl.LightningModule):
         grad_clip: float | None = 1.0,
         logprob_chunk_size: int = 1024,
         fp32_lm_head: bool = True,
+        logprob_dtype: LogProbDType = "float32",
         use_chat_template: bool = True,
         max_prompt_tokens: int | None = None,
         long_prompts: Literal["skip", "error"] = "skip",
@@ -92,6 +107,7 @@ class RLModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         lora: LoRAConfig | None = None,
         fsdp: FSDP2Config | None = None,
+        init_weights: str | None = None,
         validate_before_training: bool = True,
         controllers: list[pl.Callback] | None = None,
     ) -> None:
@@ -150,6 +166,9 @@ class RLModule(pl.LightningModule):
         self.grad_clip = grad_clip
         self.logprob_chunk_size = logprob_chunk_size
         self.fp32_lm_head = fp32_lm_head
+        if logprob_dtype not in LogProbDType.__args__:
+            raise ValueError(f"model.logprob_dtype must be one of {LogProbDType.__args__}, got {logprob_dtype!r}")
+        self.logprob_dtype = logprob_dtype
         self.use_chat_template = use_chat_template
         self.max_prompt_tokens = max_prompt_tokens
         self.long_prompts = long_prompts
@@ -161,6 +180,9 @@ class RLModule(pl.LightningModule):
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
+        if init_weights is not None and not Path(init_weights).expanduser().is_file():
+            raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
+        self.init_weights = init_weights
         self.iteration = 0  # completed rollout iterations (checkpointed)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
@@ -186,6 +208,8 @@ class RLModule(pl.LightningModule):
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora)
         disable_dropout(self.policy)  # deterministic log-prob passes: ratio exactly 1 on-policy
+        if self.init_weights is not None:
+            load_policy_weights(self.policy, self.init_weights)
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
             shard_policy(self.policy, mesh, self.fsdp)
@@ -281,11 +305,9 @@ class RLModule(pl.LightningModule):
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
     def policy_pass(self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None) -> PolicyPass:
-        """fp32 log-probs and exact entropies of the completion tokens under the current policy (or ``model``)."""
-        from epr_lightning.logprobs import token_logprobs_and_entropy
-
+        """Log-probs, exact entropies and S of the completion tokens under the current policy (or ``model``)."""
         with torch.set_grad_enabled(grad):
-            logp, entropy = token_logprobs_and_entropy(
+            return score_tokens(
                 self.policy if model is None else model,
                 tokens.input_ids,
                 tokens.attention_mask,
@@ -293,8 +315,8 @@ class RLModule(pl.LightningModule):
                 temperature=self.sampling.temperature,
                 chunk_size=self.logprob_chunk_size,
                 fp32_head=self.fp32_lm_head,
+                logprob_dtype=self.logprob_dtype,
             )
-        return PolicyPass(logp=logp, entropy=entropy)
 
     def make_record(
         self,
@@ -320,6 +342,7 @@ class RLModule(pl.LightningModule):
             token_advantages=cpu(stats.token_advantages),
             entropy=cpu(stats.old.entropy),
             old_logp=cpu(stats.old.logp),
+            collision=cpu(stats.old.collision),
             sampler_logp=tokens.sampler_logprobs.cpu(),
             clip_upper=cpu(stats.clip_upper),
             clip_lower=cpu(stats.clip_lower),

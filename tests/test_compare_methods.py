@@ -1,0 +1,119 @@
+"""tools/compare_methods.py on the tiny model: 2 methods × 2 seeds × 2 iterations (CSV, table, cache), and the
+lab arithmetic of epr_lightning.lab on hand-made series."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from conftest import load_tool
+
+from epr_lightning import lab
+
+ROOT = load_tool("compare_methods").ROOT
+
+
+def test_summarize_run_hand_values():
+    series = {
+        "policy/entropy": [2.0, 1.8, 1.6, 1.5, 1.4, 1.3, 1.2],
+        "rollout/reward_mean": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+        "val/pass@1": [0.25, 0.5],
+        "val/pass@4": [0.5, 0.75],
+        "ctrl/zeta": [0.001, 0.002, 0.004],
+        "diversity/distinct_correct": [1.0, 2.0, 3.0],
+    }
+    s = lab.summarize_run(series, wall_s=120.0)
+    # end = mean of the last 5 iterations: (1.6 + 1.5 + 1.4 + 1.3 + 1.2) / 5 = 1.4 → -30%
+    assert s["entropy_end"] == pytest.approx(1.4) and s["entropy_change_pct"] == pytest.approx(-30.0)
+    assert s["entropy_min_ratio"] == pytest.approx(0.6)
+    assert s["entropy_cumulative"] == pytest.approx(sum(series["policy/entropy"]) / 7 / 2.0)
+    assert s["reward_initial"] == 0.1 and s["reward_final"] == pytest.approx(0.5)
+    assert (s["val_pass1_initial"], s["val_pass1_final"], s["val_passG_final"], s["val_G"]) == (
+        0.25,
+        0.5,
+        0.75,
+        4,
+    )
+    assert (s["coef_name"], s["coef_final"], s["wall_min"]) == ("zeta", 0.004, 2.0)
+    assert s["distinct_correct_final"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="policy/entropy"):
+        lab.summarize_run({"rollout/reward_mean": [0.0]})
+
+
+def test_table_claim_and_sequential_hand_values():
+    rows = [
+        {"method": "grpo", "seed": 0, "reward_final": 0.7, "entropy_change_pct": -60.0},
+        {"method": "grpo", "seed": 1, "reward_final": 0.5, "entropy_change_pct": -40.0},
+        {"method": "repo_r", "seed": 0, "reward_final": 0.66, "entropy_change_pct": 10.0},
+        {"method": "repo_r", "seed": 1, "reward_final": 0.6, "entropy_change_pct": -16.0},
+    ]
+    table = lab.method_table(
+        rows, (("reward_final", "final reward"), ("entropy_change_pct", "entropy change %"))
+    )
+    assert "| grpo | 2 | 0.60 ± 0.14 | -50.0 ± 14.1 |" in table
+    claim = lab.holds_entropy(rows, "repo_r", 15.0, "grpo", 0.05)
+    assert [(s["in_band"], s["reward_ok"]) for s in claim["seeds"]] == [(True, True), (False, True)]
+    assert not claim["holds"]
+    assert lab.holds_entropy(rows[:3], "repo_r", 15.0, "grpo", 0.05)["holds"]
+    seq = lab.sequential_summary([0.1, 0.3, 0.6, 0.8], threshold=0.5)
+    assert seq["reward_auc"] == pytest.approx(0.45) and seq["iters_to_threshold"] == 2.0
+    assert math.isnan(lab.sequential_summary([0.1, 0.2], threshold=0.5)["iters_to_threshold"])
+
+
+def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
+    tool = load_tool("compare_methods")
+    argv = [
+        "--config", str(ROOT / "configs" / "tiny_cpu.yaml"),
+        "--methods", "grpo", "repo_r", "--seeds", "0", "1",
+        "--set", "data.init_args.batches_per_epoch=2",
+        "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    first = tool.main(argv)
+    assert [(r["method"], r["seed"]) for r in first["rows"]] == [
+        ("grpo", 0),
+        ("grpo", 1),
+        ("repo_r", 0),
+        ("repo_r", 1),
+    ]
+    with open(tmp_path / "out" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {"method", "seed", "entropy_change_pct", "reward_final"} <= set(rows[0])
+    assert all(r["iterations"] == "2" for r in rows)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| grpo | 2 |" in table and "| repo_r | 2 |" in table and "tools/compare_methods.py" in table
+    for png in ("entropy.png", "reward.png", "pair_grpo_repo_r.png", "summary.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # checkpoints are cleaned up
+    capsys.readouterr()
+    # a second invocation trains nothing: every run is cached and gives the same rows
+    second = tool.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("cached") == 4 and "training" not in out
+    assert second["rows"] == first["rows"]
+
+
+def test_init_weights_starts_from_a_checkpoint(tmp_path):
+    from epr_lightning.cli import build_cli
+
+    base = ["--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.batches_per_epoch", "1"]  # fmt: skip
+    trained = build_cli(["fit", *base])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    warm = build_cli([*base, f"--model.init_args.init_weights={ckpt}"], run=False)
+    warm.model.configure_model()
+    for (name, a), b in zip(
+        trained.model.policy.state_dict().items(), warm.model.policy.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    fresh = build_cli(base, run=False)
+    fresh.model.configure_model()
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(
+            trained.model.policy.state_dict().values(), fresh.model.policy.state_dict().values(), strict=True
+        )
+    )
+    with pytest.raises((FileNotFoundError, ValueError), match="init_weights .* is not a checkpoint file"):
+        build_cli([*base, "--model.init_args.init_weights=/nope.ckpt"], run=False)

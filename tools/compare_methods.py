@@ -1,0 +1,282 @@
+"""The method lab: train every method YAML × seed on a lab config, one process at a time, and publish the table.
+
+    python tools/compare_methods.py --config configs/lab/numprop.yaml \\
+        --methods grpo rloo dapo repo_r adapo entropy_bonus --seeds 0 1 2 --out docs/lab/numprop \\
+        [--then configs/lab/task_b.yaml --then-iterations 10 --threshold 0.5] [--set KEY=VALUE ...]
+
+Each run is ``epr-lightning fit --config <lab configs> --config configs/method/<m>.yaml --seed_everything s``
+(+ ``--set`` overrides) in a subprocess, with one progress line per run. A finished run is cached under
+``--runs-dir`` by (config hash, method, seed, code commit): rerunning the same command skips it, so an interrupted
+lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``). The code commit is the last
+commit that touched the package, callbacks or configs (``+dirty`` and a diff hash when they have uncommitted
+changes), so committing results does not invalidate the cache.
+
+Writes into ``--out``: ``runs.csv`` (one row per run), ``curves.csv`` (per-iteration entropy and reward),
+``table.md`` (mean ± std over seeds per method, the core claim's per-seed check and the command), ``entropy.png``,
+``reward.png``, ``pair_<a>_<b>.png`` (entropy vs iteration, seeds as bands) and ``summary.png`` (bars). With
+``--then``, every run is continued from its final weights on task B (``model.init_weights``) with the same
+method, plus one run of the first method from the untrained model, and ``sequential.csv`` / the table's
+sequential section report B's reward AUC and iterations to ``--threshold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from epr_lightning import lab  # noqa: E402
+
+CODE_PATHS = ("epr_lightning", "callbacks", "configs", "pyproject.toml")
+
+
+def git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def code_version() -> str:
+    """The last commit that changed the code or configs, ``+dirty<hash>`` when they have uncommitted changes."""
+    commit = git("log", "-1", "--format=%h", "--", *CODE_PATHS) or "unknown"
+    diff = git("diff", "HEAD", "--", *CODE_PATHS)
+    return commit + (f"+dirty{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else "")
+
+
+def method_config(name: str) -> Path:
+    path = Path(name) if name.endswith(".yaml") else ROOT / "configs" / "method" / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"compare_methods: no method config {path} (from --methods {name})")
+    return path
+
+
+def content_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def config_hash(configs: list[Path], sets: list[str]) -> str:
+    return content_hash(*(p.read_text() for p in configs), *sets)
+
+
+def load_series(log_dir: Path) -> dict[str, list[float]]:
+    """tag → values in step order, from the run's TensorBoard event files."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from plot_runs import load_scalars
+
+    return {tag: values for tag, (_, values) in load_scalars(log_dir).items()}
+
+
+class Lab:
+    """Runs (or finds cached) lab runs and keeps their results."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.configs = [Path(c) for c in args.config]
+        self.version = code_version()
+        self.root = Path(args.runs_dir)
+        self.cache = self.root / "cache"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.done = 0
+
+    def key(self, *parts: str) -> str:
+        return content_hash(self.version, *parts)
+
+    def run(self, label: str, key: str, cli_args: list[str], total: int, index: int) -> dict:
+        """Train one run (or return its cached result); ``label`` names it in the progress line."""
+        cached = self.cache / f"{key}.json"
+        log_dir = self.root / label / key
+        if cached.is_file():
+            result = json.loads(cached.read_text())
+            print(f"[{index}/{total}] {label}: cached ({key})", flush=True)
+            return result
+        last = log_dir / "checkpoints" / "last.ckpt"
+        resume = ["--ckpt_path", str(last)] if last.is_file() else []
+        cmd = [sys.executable, "-m", "epr_lightning", "fit", *cli_args,
+               "--trainer.logger.init_args.save_dir", str(self.root),
+               "--trainer.logger.init_args.name", label,
+               "--trainer.logger.init_args.version", key, *resume]  # fmt: skip
+        start = time.time()
+        print(f"[{index}/{total}] {label}: training{' (resuming)' if resume else ''} …", flush=True)
+        log_file = self.root / f"{label.replace('/', '_')}-{key}.log"
+        with open(log_file, "w") as log:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            tail = log_file.read_text()[-2000:]
+            raise SystemExit(
+                f"compare_methods: {label} failed (exit {proc.returncode}); log {log_file}:\n{tail}"
+            )
+        series = load_series(log_dir)
+        result = {"label": label, "key": key, "code": self.version, "wall_s": wall, "log_dir": str(log_dir),
+                  "series": series, "command": cmd}  # fmt: skip
+        cached.write_text(json.dumps(result))
+        h = series[lab.ENTROPY]
+        r = series[lab.REWARD]
+        print(
+            f"[{index}/{total}] {label}: {wall / 60:.1f} min, reward {r[0]:.2f} → {lab.tail_mean(r):.2f}, "
+            f"entropy {100 * (lab.tail_mean(h) / h[0] - 1):+.0f}%",
+            flush=True,
+        )
+        return result
+
+
+def seed_args(seed: int) -> list[str]:
+    return [f"--seed_everything={seed}", f"--model.init_args.sampling.seed={seed}"]
+
+
+def set_args(sets: list[str]) -> list[str]:
+    out = []
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"compare_methods: --set needs KEY=VALUE, got {item!r}")
+        out.append(f"--{key.removeprefix('--')}={value}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", required=True, help="lab config(s), composed in order")
+    p.add_argument("--methods", nargs="+", required=True, help="configs/method/<name>.yaml names (or paths)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", required=True, help="where runs.csv, table.md and the PNGs go")
+    p.add_argument("--runs-dir", default="runs/lab", help="logs, checkpoints and the run cache")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE CLI override for every run")
+    p.add_argument("--then", help="task-B config for sequential learning (continue each run's final weights)")
+    p.add_argument("--then-iterations", type=int, default=10, help="iterations on task B")
+    p.add_argument("--threshold", type=float, default=0.5, help="task-B reward for 'iterations to threshold'")
+    p.add_argument("--pair", nargs=2, default=["grpo", "repo_r"], help="methods drawn side by side")
+    p.add_argument("--claim", nargs=2, default=["repo_r", "grpo"], help="METHOD BASELINE of the core claim")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    args = p.parse_args(argv)
+    for c in args.config + ([args.then] if args.then else []):
+        if not Path(c).is_file():
+            raise SystemExit(f"compare_methods: config {c} does not exist")
+    methods = {m: method_config(m) for m in args.methods}
+    sets = set_args(args.set)
+    lab_runs = Lab(args)
+    base = [a for c in lab_runs.configs for a in ("--config", str(c))]
+    chash = config_hash(lab_runs.configs, args.set)
+    total = len(methods) * len(args.seeds) * (2 if args.then else 1) + (len(args.seeds) if args.then else 0)
+    rows, curves, results = [], [], {}
+    index = 0
+    for name, path in methods.items():
+        for seed in args.seeds:
+            index += 1
+            key = lab_runs.key(chash, path.read_text(), str(seed))
+            cli = [*base, "--config", str(path), *seed_args(seed), *sets]
+            res = lab_runs.run(f"{name}_s{seed}", key, cli, total, index)
+            results[name, seed] = res
+            summary = lab.summarize_run(res["series"], res["wall_s"])
+            rows.append({"method": name, "seed": seed, "code": res["code"], "config_hash": chash, **summary})
+            for i, (h, r) in enumerate(
+                zip(res["series"][lab.ENTROPY], res["series"][lab.REWARD], strict=False)
+            ):
+                curves.append({"method": name, "seed": seed, "iteration": i, "entropy": h, "reward": r})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sequential = (
+        run_sequential(args, lab_runs, methods, results, base, sets, chash, total, index) if args.then else []
+    )
+    if not args.keep_checkpoints:
+        for res in results.values():
+            shutil.rmtree(Path(res["log_dir"]) / "checkpoints", ignore_errors=True)
+    claim = lab.holds_entropy(rows, args.claim[0], 15.0, args.claim[1], 0.05)
+    write_outputs(out, rows, curves, sequential, claim, args, chash, lab_runs.version)
+    return {"rows": rows, "sequential": sequential, "claim": claim}
+
+
+def run_sequential(
+    args, lab_runs: Lab, methods: dict, results: dict, base, sets, chash: str, total: int, index: int
+) -> list:
+    task_b = Path(args.then)
+    iters = [f"--data.init_args.batches_per_epoch={args.then_iterations}"]
+    rows = []
+    jobs = [(name, seed, results[name, seed]) for name in methods for seed in args.seeds]
+    first = next(iter(methods))
+    jobs += [(f"{first}_from_base", seed, None) for seed in args.seeds]
+    for name, seed, parent in jobs:
+        index += 1
+        method_path = methods[name.removesuffix("_from_base")]
+        ckpt = Path(parent["log_dir"]) / "checkpoints" / "last.ckpt" if parent else None
+        origin = parent["key"] if parent else f"base:{chash}:{method_path.read_text()}:{seed}"
+        key = lab_runs.key(origin, task_b.read_text(), str(args.then_iterations))
+        if ckpt is not None and not ckpt.is_file() and not (lab_runs.cache / f"{key}.json").is_file():
+            # the parent's weights were cleaned up before its continuation ran: train the parent again
+            (lab_runs.cache / f"{parent['key']}.json").unlink()
+            cli = [*base, "--config", str(method_path), *seed_args(seed), *sets]
+            lab_runs.run(parent["label"], parent["key"], cli, total, index)
+        cli = [*base, "--config", str(method_path), "--config", str(task_b), *seed_args(seed), *sets, *iters]
+        cli += [f"--model.init_args.init_weights={ckpt}"] if ckpt else []
+        res = lab_runs.run(f"then/{name}_s{seed}", key, cli, total, index)
+        summary = lab.sequential_summary(res["series"][lab.REWARD], args.threshold)
+        h = res["series"][lab.ENTROPY]
+        rows.append({"method": name, "seed": seed, "entropy_b_initial": h[0], "entropy_b_end": lab.tail_mean(h),
+                     **summary})  # fmt: skip
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, version: str) -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    from lab_plots import plot_lab
+
+    write_csv(out / "runs.csv", rows)
+    write_csv(out / "curves.csv", curves)
+    write_csv(out / "sequential.csv", sequential)
+    command = "python tools/compare_methods.py " + " ".join(
+        [f"--config {c}" for c in args.config] + ["--methods", *args.methods, "--seeds", *map(str, args.seeds)]
+        + [f"--set {s}" for s in args.set] + ["--out", args.out]
+        + ([f"--then {args.then} --then-iterations {args.then_iterations} --threshold {args.threshold}"]
+           if args.then else [])
+    )  # fmt: skip
+    lines = [
+        f"Produced by `{command}` at code commit `{version}` (config hash `{chash}`) on {os.cpu_count()} CPU cores.",
+        "",
+        f"Mean ± std over seeds; final = mean of the last {lab.END_WINDOW} iterations, entropy change = that vs "
+        "iteration 0 (before any update).",
+        "",
+        lab.method_table(rows),
+        "",
+    ]
+    a, b = args.claim
+    lines += [f"Core claim: {a} within ±15% of its initial entropy and final reward ≥ {b}'s − 0.05, per seed: "
+              f"**{'holds' if claim['holds'] else 'does not hold'}**.", "",
+              f"| seed | {a} entropy change % | {b} entropy change % | {a} final reward | {b} final reward |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for s in claim["seeds"]:
+        lines.append(
+            f"| {s['seed']} | {s['entropy_change_pct']:+.1f} | {s['baseline_entropy_change_pct']:+.1f} | "
+            f"{s['reward_final']:.2f} | {s['baseline_reward_final']:.2f} |"
+        )
+    if sequential:
+        cols = (("reward_auc", "task-B reward AUC"), ("iters_to_threshold", f"iterations to {args.threshold}"),
+                ("reached", "reached threshold"), ("entropy_b_initial", "entropy at B start"))  # fmt: skip
+        lines += ["", f"Sequential learning on `{args.then}` ({args.then_iterations} iterations):", "",
+                  lab.method_table(sequential, cols)]  # fmt: skip
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot_lab(out, rows, curves, sequential, tuple(args.pair))
+    print(f"wrote {out}/table.md, runs.csv, curves.csv and PNGs", flush=True)
+
+
+if __name__ == "__main__":
+    main()
