@@ -54,9 +54,12 @@ def test_table_claim_and_sequential_hand_values():
     )
     assert "| grpo | 2 | 0.60 ± 0.14 | -50.0 ± 14.1 |" in table
     claim = lab.holds_entropy(rows, "repo_r", 15.0, "grpo", 0.05)
-    assert [(s["in_band"], s["reward_ok"]) for s in claim["seeds"]] == [(True, True), (False, True)]
-    assert not claim["holds"]
+    assert [s["in_band"] for s in claim["seeds"]] == [True, False]  # seed 1 ends at -16%
+    assert claim["reward"] == pytest.approx(0.63) and claim["baseline_reward"] == pytest.approx(0.6)
+    assert claim["reward_ok"] and not claim["in_band"] and not claim["holds"]
     assert lab.holds_entropy(rows[:3], "repo_r", 15.0, "grpo", 0.05)["holds"]
+    low = [dict(r, reward_final=0.5) if r["method"] == "repo_r" else r for r in rows[:3]]
+    assert not lab.holds_entropy(low, "repo_r", 15.0, "grpo", 0.05)["reward_ok"]  # 0.5 < 0.6 - 0.05
     seq = lab.sequential_summary([0.1, 0.3, 0.6, 0.8], threshold=0.5)
     assert seq["reward_auc"] == pytest.approx(0.45) and seq["iters_to_threshold"] == 2.0
     assert math.isnan(lab.sequential_summary([0.1, 0.2], threshold=0.5)["iters_to_threshold"])
