@@ -21,6 +21,7 @@ from epr_lightning.metrics import all_reduce
 from epr_lightning.record import StepRecord
 
 EntropySource = Literal["exact", "mc"]
+InitialSource = Literal["validation", "rollout"]
 
 
 def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> int:

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ._logging import get_record
-from .control_rules import EntropySource, entropy_direction, iteration_entropy
+from .control_rules import EntropySource, InitialSource, entropy_direction, iteration_entropy
 from .targets import EntropyTarget, InitialEntropy
 
 
@@ -56,14 +56,24 @@ class EntropyController(Callback):
         tolerance: float,
         name: str | None,
         saturation_patience: int = 5,
+        initial_entropy_from: InitialSource = "validation",
     ) -> None:
+        if initial_entropy_from not in InitialSource.__args__:
+            raise ValueError(
+                f"initial_entropy_from must be one of {InitialSource.__args__}, got {initial_entropy_from!r}"
+            )
+        self.initial_entropy_from = initial_entropy_from
         if entropy_source not in EntropySource.__args__:
             raise ValueError(
                 f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}"
             )
         if not (math.isfinite(float(tolerance)) and tolerance >= 0):
             raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
-        if isinstance(saturation_patience, bool) or not isinstance(saturation_patience, int) or saturation_patience < 0:
+        if (
+            isinstance(saturation_patience, bool)
+            or not isinstance(saturation_patience, int)
+            or saturation_patience < 0
+        ):
             raise ValueError(
                 f"saturation_patience must be an integer >= 0 (0 = never warn), got {saturation_patience!r}"
             )
@@ -183,7 +193,7 @@ class EntropyController(Callback):
                     f"{type(self).__name__}: no iteration-0 entropy (controller added mid-run?); measuring H* from "
                     f"iteration {record.iteration}"
                 )
-            self.initial_entropy = h
+            self.initial_entropy = self.measure_initial_entropy(pl_module, h)
         target = float(self.target.value(record.iteration, self.initial_entropy))
         self.coef = float(self.rule(self.coef, h, target))
         setattr(self._piece, self._attr, self.coef)
@@ -198,6 +208,20 @@ class EntropyController(Callback):
             ("saturated", float(self.saturated_iterations > 0)),
         ):
             pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
+
+    def measure_initial_entropy(self, pl_module: Any, rollout_entropy: float) -> float:
+        """The entropy before any update that H* is relative to.
+
+        ``validation`` (the default): the token-mean entropy of the module's iteration-0 validation — held-out
+        prompts × ``val_num_generations`` samples, usually several times the data of one rollout — when the run
+        validated before its first update; otherwise, and with ``rollout``, the iteration-0 rollout's entropy. One
+        rollout of a few prompts is a noisy reference: its entropy varies by ±10% from batch to batch on SmolLM2
+        (4 prompts × 6 samples), which would set the target that far off for the whole run.
+        """
+        initial = getattr(pl_module, "initial_validation", None) or {}
+        if self.initial_entropy_from == "validation" and "val/entropy" in initial:
+            return float(initial["val/entropy"])
+        return rollout_entropy
 
     def track_saturation(self, entropy: float, target: float) -> None:
         """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from .control_rules import (
     EntropySource,
+    InitialSource,
     adaptive_bonus_step,
     clip_higher_step,
     entropy_direction,
@@ -56,6 +57,9 @@ class REPOZetaController(EntropyController):
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
         saturation_patience: warn after this many consecutive iterations at ±zeta_max with entropy still on the
             wrong side (0 = never).
+        initial_entropy_from: what H* is measured on (see ``EntropyController.measure_initial_entropy``):
+            ``validation`` (the iteration-0 validation when the run has one, else the first rollout) or
+            ``rollout``.
     """
 
     method_yaml = "configs/method/repo_r.yaml"
@@ -70,8 +74,9 @@ class REPOZetaController(EntropyController):
         entropy_source: EntropySource = "exact",
         name: str | None = None,
         saturation_patience: int = 5,
+        initial_entropy_from: InitialSource = "validation",
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
         self.zeta_min = _positive("zeta_min", zeta_min)
         self.zeta_max = _positive("zeta_max", zeta_max)
         if not self.zeta_min < self.zeta_max:
@@ -121,6 +126,7 @@ class ClipHigherController(EntropyController):
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
         saturation_patience: warn after this many consecutive iterations at eps_high_max (entropy below H*) or
             at ε_low (above H*) (0 = never).
+        initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
     """
 
     coef_name = "eps_high"
@@ -136,8 +142,9 @@ class ClipHigherController(EntropyController):
         entropy_source: EntropySource = "exact",
         name: str | None = None,
         saturation_patience: int = 5,
+        initial_entropy_from: InitialSource = "validation",
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
         self.kappa = _positive("kappa", kappa)
         if not self.kappa > 1:
             raise ValueError(f"kappa must be > 1 (the multiplicative step), got {kappa!r}")
@@ -158,7 +165,9 @@ class ClipHigherController(EntropyController):
             )
 
     def limit(self, direction: int) -> tuple[float, str]:
-        return (self.eps_high_max, "eps_high_max") if direction > 0 else (float(self._piece.eps_low), "eps_low")
+        return (
+            (self.eps_high_max, "eps_high_max") if direction > 0 else (float(self._piece.eps_low), "eps_low")
+        )
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return clip_higher_step(
@@ -184,6 +193,7 @@ class AdaptiveEntropyBonus(EntropyController):
         name: distinguishes several controllers (metrics ``ctrl/<name>/…``, checkpoint key).
         saturation_patience: warn after this many consecutive iterations at coef_max (entropy below H*) or
             coef_min (above H*) (0 = never).
+        initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
     """
 
     coef_name = "entropy_coef"
@@ -200,8 +210,9 @@ class AdaptiveEntropyBonus(EntropyController):
         entropy_source: EntropySource = "exact",
         name: str | None = None,
         saturation_patience: int = 5,
+        initial_entropy_from: InitialSource = "validation",
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience)
+        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
         self.delta = _positive("delta", delta)
         self.coef_min = float(coef_min)
         self.coef_max = _positive("coef_max", coef_max)

@@ -180,6 +180,7 @@ class RLModule(pl.LightningModule):
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
+        self.initial_validation: dict[str, float] = {}  # val/ metrics before the first update (not checkpointed)
         if init_weights is not None and not Path(init_weights).expanduser().is_file():
             raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
         self.init_weights = init_weights
@@ -419,4 +420,6 @@ class RLModule(pl.LightningModule):
         elif self.validate_before_training:
             from epr_lightning.validation import run_validation_now
 
-            run_validation_now(self.trainer)
+            if run_validation_now(self.trainer):  # the iteration-0 baseline (controllers may take H* from it)
+                metrics = self.trainer.callback_metrics
+                self.initial_validation = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}

@@ -148,6 +148,26 @@ def test_zeta_controller_measures_h_star_at_iteration0_and_writes_the_transform(
     assert ctrl.updates == 4
 
 
+def test_h_star_comes_from_the_iteration0_validation_when_there_is_one():
+    # the module validated before its first update: H* is that entropy (1.8), not the first rollout's (2.0)
+    repo_r = REPOR(zeta=1e-3)
+    module = FakeModule(Objective(transforms=[repo_r]))
+    module.initial_validation = {"val/entropy": 1.8, "val/pass@1": 0.5}
+    ctrl = REPOZetaController()
+    drive(ctrl, module, [2.0, 1.9])  # above H* twice: ζ halves twice
+    assert ctrl.initial_entropy == 1.8 and module.logged["ctrl/target_entropy"] == pytest.approx(1.8)
+    assert repo_r.zeta == pytest.approx(2.5e-4)
+    # initial_entropy_from="rollout" keeps the paper's first-rollout reference; no validation falls back to it
+    rollout = REPOZetaController(initial_entropy_from="rollout")
+    drive(rollout, FakeModule(Objective(transforms=[REPOR(zeta=1e-3)])), [2.0])
+    assert rollout.initial_entropy == 2.0
+    fallback = REPOZetaController()
+    drive(fallback, FakeModule(Objective(transforms=[REPOR(zeta=1e-3)])), [2.0])
+    assert fallback.initial_entropy == 2.0
+    with pytest.raises(ValueError, match="initial_entropy_from"):
+        REPOZetaController(initial_entropy_from="val")
+
+
 def test_zeta_controller_adapts_repo_d_and_repo_beta():
     repo_d = REPOD(zeta=1.0)
     drive(
