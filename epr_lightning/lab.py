@@ -3,10 +3,12 @@
 Pure functions over plain lists and dicts (no torch, no files), used by ``tools/compare_methods.py`` and tested
 on hand-made series. Conventions, stated once:
 
-- iteration 0 is the rollout before any update: ``entropy_initial`` and ``reward_initial`` are its values, and
-  the entropy target H* of the controllers is that same number;
-- "end" and "final" mean the mean over the last ``END_WINDOW`` iterations (one rollout of a few prompts is
-  noisy; the window is the same for entropy and reward);
+- ``entropy_change_pct`` compares the token entropy of the validation after the last update with the one before
+  the first, on the same held-out prompts (more samples than a rollout, and no prompt-to-prompt noise: one
+  rollout of 4 prompts varies by ±10% on SmolLM2); the controllers' H* is that same initial validation entropy;
+- ``rollout_entropy_change_pct`` compares the rollouts instead: the mean over the last ``END_WINDOW``
+  iterations against iteration 0 (the rollout before any update); the entropy curves are per rollout too;
+- "final" reward means the mean over the last ``END_WINDOW`` iterations;
 - validation values come from the first (iteration-0 baseline) and the last validation of the run.
 """
 
@@ -28,7 +30,8 @@ TABLE_COLUMNS = (
     ("val_pass1_final", "val pass@1"),
     ("val_passG_final", "val pass@G"),
     ("distinct_correct_final", "distinct correct / group"),
-    ("entropy_change_pct", "entropy change %"),
+    ("entropy_change_pct", "entropy change % (val)"),
+    ("rollout_entropy_change_pct", "entropy change % (rollouts)"),
     ("entropy_min_ratio", "lowest entropy / H0"),
     ("entropy_cumulative", "cumulative entropy / H0"),
     ("coef_final", "final ζ / ε_high / β"),
@@ -57,7 +60,7 @@ def summarize_run(series: dict[str, list[float]], wall_s: float = math.nan) -> d
         "iterations": float(len(h)),
         "entropy_initial": h0,
         "entropy_end": tail_mean(h),
-        "entropy_change_pct": 100.0 * (tail_mean(h) / h0 - 1.0) if h0 else math.nan,
+        "rollout_entropy_change_pct": 100.0 * (tail_mean(h) / h0 - 1.0) if h0 else math.nan,
         "entropy_min_ratio": min(h) / h0 if h0 else math.nan,
         "entropy_cumulative": _mean([v / h0 for v in h]) if h0 else math.nan,
         "reward_initial": r[0],
@@ -68,6 +71,10 @@ def summarize_run(series: dict[str, list[float]], wall_s: float = math.nan) -> d
         "clip_decision_diff": _mean(series.get("policy/clip_decision_diff", [])),
         "wall_min": wall_s / 60.0,
     }
+    val_h = series.get("val/entropy", [])
+    out["val_entropy_initial"] = val_h[0] if val_h else math.nan
+    out["val_entropy_final"] = val_h[-1] if val_h else math.nan
+    out["entropy_change_pct"] = 100.0 * (val_h[-1] / val_h[0] - 1.0) if len(val_h) > 1 and val_h[0] else math.nan
     ks = sorted(int(m.group(1)) for tag in series if (m := PASS_AT_K.match(tag)))
     for name, k in (("pass1", 1 if 1 in ks else None), ("passG", ks[-1] if ks else None)):
         values = series.get(f"val/pass@{k}", []) if k is not None else []
@@ -106,7 +113,7 @@ def method_table(rows: list[dict], columns: Sequence[tuple[str, str]] = TABLE_CO
         mine = [row for row in rows if row["method"] == method]
         cells = [method, str(len(mine))]
         for key, _ in columns:
-            digits = 1 if key in ("entropy_change_pct", "wall_min") else 2 if key != "coef_final" else 3
+            digits = 1 if key.endswith("_pct") or key == "wall_min" else 2 if key != "coef_final" else 3
             cells.append(fmt_mean_std([row.get(key, math.nan) for row in mine], digits))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

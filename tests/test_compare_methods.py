@@ -20,13 +20,17 @@ def test_summarize_run_hand_values():
         "policy/entropy": [2.0, 1.8, 1.6, 1.5, 1.4, 1.3, 1.2],
         "rollout/reward_mean": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
         "val/pass@1": [0.25, 0.5],
+        "val/entropy": [1.6, 1.2],
         "val/pass@4": [0.5, 0.75],
         "ctrl/zeta": [0.001, 0.002, 0.004],
         "diversity/distinct_correct": [1.0, 2.0, 3.0],
     }
     s = lab.summarize_run(series, wall_s=120.0)
-    # end = mean of the last 5 iterations: (1.6 + 1.5 + 1.4 + 1.3 + 1.2) / 5 = 1.4 → -30%
-    assert s["entropy_end"] == pytest.approx(1.4) and s["entropy_change_pct"] == pytest.approx(-30.0)
+    # rollouts: the mean of the last 5 iterations, (1.6 + 1.5 + 1.4 + 1.3 + 1.2) / 5 = 1.4, vs 2.0 → -30%
+    assert s["entropy_end"] == pytest.approx(1.4) and s["rollout_entropy_change_pct"] == pytest.approx(-30.0)
+    # validation on the same prompts before and after: 1.2 vs 1.6 → -25%
+    assert (s["val_entropy_initial"], s["val_entropy_final"]) == (1.6, 1.2)
+    assert s["entropy_change_pct"] == pytest.approx(-25.0)
     assert s["entropy_min_ratio"] == pytest.approx(0.6)
     assert s["entropy_cumulative"] == pytest.approx(sum(series["policy/entropy"]) / 7 / 2.0)
     assert s["reward_initial"] == 0.1 and s["reward_final"] == pytest.approx(0.5)

@@ -119,11 +119,11 @@ class Lab:
         result = {"label": label, "key": key, "code": self.version, "wall_s": wall, "log_dir": str(log_dir),
                   "series": series, "command": cmd}  # fmt: skip
         cached.write_text(json.dumps(result))
-        h = series[lab.ENTROPY]
-        r = series[lab.REWARD]
+        s = lab.summarize_run(series, wall)
         print(
-            f"[{index}/{total}] {label}: {wall / 60:.1f} min, reward {r[0]:.2f} → {lab.tail_mean(r):.2f}, "
-            f"entropy {100 * (lab.tail_mean(h) / h[0] - 1):+.0f}%",
+            f"[{index}/{total}] {label}: {wall / 60:.1f} min, reward {s['reward_initial']:.2f} → "
+            f"{s['reward_final']:.2f}, entropy {s['entropy_change_pct']:+.0f}% (val), "
+            f"{s['rollout_entropy_change_pct']:+.0f}% (rollouts)",
             flush=True,
         )
         return result
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     for c in args.config + ([args.then] if args.then else []):
         if not Path(c).is_file():
             raise SystemExit(f"compare_methods: config {c} does not exist")
-    methods = {m: method_config(m) for m in args.methods}
+    methods = {Path(m).stem: method_config(m) for m in args.methods}
     sets = set_args(args.set)
     lab_runs = Lab(args)
     base = [a for c in lab_runs.configs for a in ("--config", str(c))]
@@ -252,8 +252,10 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
     lines = [
         f"Produced by `{command}` at code commit `{version}` (config hash `{chash}`) on {os.cpu_count()} CPU cores.",
         "",
-        f"Mean ± std over seeds; final = mean of the last {lab.END_WINDOW} iterations, entropy change = that vs "
-        "iteration 0 (before any update).",
+        f"Mean ± std over seeds. Final reward = mean of the last {lab.END_WINDOW} iterations. Entropy change (val) "
+        "= token entropy on the held-out prompts after the last update vs before the first (same prompts; the "
+        f"controllers' H* is that initial value); (rollouts) = mean of the last {lab.END_WINDOW} rollouts vs "
+        "iteration 0.",
         "",
         "Iteration 0 (before any update; the same policy and samples for every method of a seed): "
         + ", ".join(
@@ -267,7 +269,7 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
         "",
     ]
     a, b = args.claim
-    lines += [f"Core claim: {a}'s entropy ends within ±15% of its initial value on every seed "
+    lines += [f"Core claim: {a}'s entropy (val) ends within ±15% of its initial value on every seed "
               f"({'yes' if claim['in_band'] else 'no'}) and its final reward, {claim['reward']:.3f} (mean over seeds), "
               f"is at least {b}'s {claim['baseline_reward']:.3f} − 0.05 ({'yes' if claim['reward_ok'] else 'no'}): "
               f"**{'holds' if claim['holds'] else 'does not hold'}**.", "",
