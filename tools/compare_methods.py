@@ -8,8 +8,8 @@ Each run is ``epr-lightning fit --config <lab configs> --config configs/method/<
 (+ ``--set`` overrides) in a subprocess, with one progress line per run. A finished run is cached under
 ``--runs-dir`` by (config hash, method, seed, code commit): rerunning the same command skips it, so an interrupted
 lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``). The code commit is the last
-commit that touched the package, callbacks or configs (``+dirty`` and a diff hash when they have uncommitted
-changes), so committing results does not invalidate the cache.
+commit that touched the package or callbacks (``+dirty`` and a diff hash when they have uncommitted
+changes), so committing results or another method's YAML does not invalidate the cache.
 
 Writes into ``--out``: ``runs.csv`` (one row per run), ``curves.csv`` (per-iteration entropy and reward),
 ``table.md`` (mean ± std over seeds per method, the core claim's per-seed check and the command), ``entropy.png``,
@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from epr_lightning import lab  # noqa: E402
 
-CODE_PATHS = ("epr_lightning", "callbacks", "configs", "pyproject.toml")
+# The configs a run uses are hashed by content (lab configs, method YAML, overrides), so the code version only
+# covers the code: a new method YAML does not invalidate the other methods' cached runs.
+CODE_PATHS = ("epr_lightning", "callbacks", "pyproject.toml")
 
 
 def git(*args: str) -> str:
@@ -143,6 +145,18 @@ def set_args(sets: list[str]) -> list[str]:
     return out
 
 
+def vary_variants(vary: str | None) -> list[tuple[str, list[str]]]:
+    """``KEY=V1,V2`` → [("[leaf=V1]", ["--KEY=V1"]), …]; no ``--vary`` → one variant without a suffix."""
+    if not vary:
+        return [("", [])]
+    key, sep, values = vary.partition("=")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or not items:
+        raise SystemExit(f"compare_methods: --vary needs KEY=V1,V2,..., got {vary!r}")
+    leaf = key.rsplit(".", 1)[-1]
+    return [(f"[{leaf}={v}]", [f"--{key.removeprefix('--')}={v}"]) for v in items]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", required=True, help="lab config(s), composed in order")
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="where runs.csv, table.md and the PNGs go")
     p.add_argument("--runs-dir", default="runs/lab", help="logs, checkpoints and the run cache")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE CLI override for every run")
+    p.add_argument("--vary", help="KEY=V1,V2,...: run every method once per value (a sweep; a trade-off PNG)")
     p.add_argument("--then", help="task-B config for sequential learning (continue each run's final weights)")
     p.add_argument("--then-iterations", type=int, default=10, help="iterations on task B")
     p.add_argument("--threshold", type=float, default=0.5, help="task-B reward for 'iterations to threshold'")
@@ -169,19 +184,25 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(methods) * len(args.seeds) * (2 if args.then else 1) + (len(args.seeds) if args.then else 0)
     rows, curves, results = [], [], {}
     index = 0
-    for name, path in methods.items():
-        for seed in args.seeds:
-            index += 1
-            key = lab_runs.key(chash, path.read_text(), str(seed))
-            cli = [*base, "--config", str(path), *seed_args(seed), *sets]
-            res = lab_runs.run(f"{name}_s{seed}", key, cli, total, index)
-            results[name, seed] = res
-            summary = lab.summarize_run(res["series"], res["wall_s"])
-            rows.append({"method": name, "seed": seed, "code": res["code"], "config_hash": chash, **summary})
-            for i, (h, r) in enumerate(
-                zip(res["series"][lab.ENTROPY], res["series"][lab.REWARD], strict=False)
-            ):
-                curves.append({"method": name, "seed": seed, "iteration": i, "entropy": h, "reward": r})
+    variants = vary_variants(args.vary)
+    total *= len(variants)
+    for method, path in methods.items():
+        for suffix, extra in variants:
+            name = method + suffix
+            for seed in args.seeds:
+                index += 1
+                key = lab_runs.key(chash, path.read_text(), str(seed), *extra)
+                cli = [*base, "--config", str(path), *seed_args(seed), *sets, *extra]
+                res = lab_runs.run(f"{name.replace('=', '')}_s{seed}", key, cli, total, index)
+                results[name, seed] = res
+                summary = lab.summarize_run(res["series"], res["wall_s"])
+                rows.append(
+                    {"method": name, "seed": seed, "code": res["code"], "config_hash": chash, **summary}
+                )
+                for i, (h, r) in enumerate(
+                    zip(res["series"][lab.ENTROPY], res["series"][lab.REWARD], strict=False)
+                ):
+                    curves.append({"method": name, "seed": seed, "iteration": i, "entropy": h, "reward": r})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sequential = (
@@ -245,7 +266,7 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
     write_csv(out / "sequential.csv", sequential)
     command = "python tools/compare_methods.py " + " ".join(
         [f"--config {c}" for c in args.config] + ["--methods", *args.methods, "--seeds", *map(str, args.seeds)]
-        + [f"--set {s}" for s in args.set] + ["--out", args.out]
+        + [f"--set {s}" for s in args.set] + ([f"--vary {args.vary}"] if args.vary else []) + ["--out", args.out]
         + ([f"--then {args.then} --then-iterations {args.then_iterations} --threshold {args.threshold}"]
            if args.then else [])
     )  # fmt: skip
@@ -260,8 +281,12 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
         "Iteration 0 (before any update; the same policy and samples for every method of a seed): "
         + ", ".join(
             f"{title} {lab.fmt_mean_std([r[key] for r in rows], 3)}"
-            for key, title in (("entropy_initial", "entropy H0 (nats/token)"), ("reward_initial", "reward"),
-                               ("val_pass1_initial", "val pass@1"), ("val_passG_initial", "val pass@G"))
+            for key, title in (
+                ("entropy_initial", "entropy H0 (nats/token)"),
+                ("reward_initial", "reward"),
+                ("val_pass1_initial", "val pass@1"),
+                ("val_passG_initial", "val pass@G"),
+            )
         )  # fmt: skip
         + ".",
         "",
