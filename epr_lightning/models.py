@@ -42,14 +42,18 @@ def _finish_tokenizer(tok: Any) -> Any:
 
 
 class HFModel(PolicySource):
-    """A local Hugging Face model folder (or a GGUF file inside one).
+    """A Hugging Face causal LM: a local folder, or a hub id already in the local HF cache (or a GGUF file).
 
     Args:
-        path: local directory with config + weights + tokenizer (no hub downloads).
+        path: a local directory with config + weights + tokenizer, or a hub id (``org/name``) resolved offline
+            from the local Hugging Face cache (``HF_HUB_CACHE`` / ``HF_HOME``); nothing is downloaded.
         gguf_file: GGUF file name inside ``path``; converted once to a cached HF folder.
         dtype: parameter dtype. Keep float32 for training on CPU; on GPU use the Trainer's mixed precision.
         trust_remote_code: run modelling code shipped with the checkpoint (off unless you trust it).
         attn_implementation: e.g. "sdpa" or "eager".
+        revision: branch, tag or commit of a hub id (None = ``main``); ignored for a local folder.
+        chat_template_kwargs: extra variables for the tokenizer's chat template, e.g. ``{enable_thinking: false}``
+            for Qwen3 (passed to ``apply_chat_template``).
     """
 
     def __init__(
@@ -59,24 +63,37 @@ class HFModel(PolicySource):
         dtype: DType = "float32",
         trust_remote_code: bool = False,
         attn_implementation: str | None = "sdpa",
+        revision: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"policy.dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         self.path = path
+        self.revision = revision
         self.gguf_file = gguf_file
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.attn_implementation = attn_implementation
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
 
     def describe(self) -> str:
         return f"{self.path}" + (f" ({self.gguf_file})" if self.gguf_file else "")
 
+    def local_folder(self) -> Path:
+        """``path`` as a local folder: itself, or a hub id's snapshot in the local HF cache."""
+        from epr_lightning.hf_cache import looks_like_hub_id, resolve_from_cache
+
+        path = Path(self.path).expanduser()
+        if path.is_dir():
+            return path
+        if looks_like_hub_id(self.path):
+            return resolve_from_cache(self.path, self.revision)
+        raise FileNotFoundError(f"policy.path {str(path)!r} is not a local model directory (no hub downloads)")
+
     def build(self) -> tuple[torch.nn.Module, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(self.path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"policy.path {str(path)!r} is not a local model directory (no hub downloads)")
+        path = self.local_folder()
         folder = convert_gguf(path, self.gguf_file) if self.gguf_file else path
         kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
         model = AutoModelForCausalLM.from_pretrained(
@@ -229,18 +246,48 @@ def load_policy_weights(policy: torch.nn.Module, checkpoint_path: str | Path) ->
         )
 
 
+def eos_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS id plus every EOS id of the model's ``generation_config`` (Qwen, Llama 3 and Gemma
+    list several, e.g. ``<|im_end|>`` and ``<|endoftext|>``), in that order, without duplicates."""
+    ids: list[int] = []
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if config_eos is not None:
+        ids += [int(i) for i in (config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])]
+    return list(dict.fromkeys(ids))
+
+
+Messages = list[dict[str, Any]]
+
+
 def encode_prompts(
-    tokenizer: Any, prompts: list[str], system_prompt: str | None = None, use_chat_template: bool = True
+    tokenizer: Any,
+    prompts: list[str | Messages],
+    system_prompt: str | None = None,
+    use_chat_template: bool = True,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[list[int]]:
-    """Prompt texts → token ids, through the tokenizer's chat template when it has one."""
+    """Prompts → token ids, through the tokenizer's chat template when it has one.
+
+    A prompt is a text (the user message) or a list of chat messages (``{"role": ..., "content": ...}``);
+    ``system_prompt`` is put first unless the messages already start with a system message. Without a chat
+    template, messages are joined by blank lines. ``chat_template_kwargs`` go to ``apply_chat_template``.
+    """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    as_messages = [
+        (system if not p or p[0].get("role") != "system" else []) + list(p)
+        if isinstance(p, list)
+        else system + [{"role": "user", "content": p}]
+        for p in prompts
+    ]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         out = []
-        for text in prompts:
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-                {"role": "user", "content": text}
-            ]
-            enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        for messages in as_messages:
+            enc = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {})
+            )
             out.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
         return out
-    prefix = f"{system_prompt}\n\n" if system_prompt else ""
-    return [tokenizer(prefix + text, add_special_tokens=True)["input_ids"] for text in prompts]
+    texts = ["\n\n".join(str(m.get("content", "")) for m in messages) for messages in as_messages]
+    return [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]

@@ -24,6 +24,7 @@ from epr_lightning.models import (
     PolicySource,
     disable_dropout,
     encode_prompts,
+    eos_token_ids,
     load_policy_weights,
 )
 from epr_lightning.objectives.objective import Objective
@@ -204,6 +205,10 @@ class RLModule(pl.LightningModule):
             return
         source = self.policy_source if self.policy_source is not None else PackagedSmolLM2()
         self.policy, self.tokenizer = source.build()
+        # stop at any EOS the tokenizer or the model's generation_config names (Qwen, Llama 3, Gemma list several)
+        stops = [*self.sampling.stop_token_ids, *eos_token_ids(self.policy, self.tokenizer)]
+        self.sampling.stop_token_ids = list(dict.fromkeys(stops))
+        self.chat_template_kwargs = dict(getattr(source, "chat_template_kwargs", None) or {})
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         if self.lora is not None:
@@ -256,7 +261,13 @@ class RLModule(pl.LightningModule):
     def admit_prompts(self, examples: list[Example]) -> list[Example]:
         """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; cache their token ids."""
         system = getattr(self.task, "system_prompt", None)
-        ids = encode_prompts(self.tokenizer, [e.prompt for e in examples], system, self.use_chat_template)
+        ids = encode_prompts(
+            self.tokenizer,
+            [e.messages or e.prompt for e in examples],
+            system,
+            self.use_chat_template,
+            getattr(self, "chat_template_kwargs", None),
+        )
         limit, where = self.prompt_token_limit()
         kept = []
         for ex, p in zip(examples, ids, strict=True):
@@ -405,7 +416,14 @@ class RLModule(pl.LightningModule):
         if state is None:
             return
         self.iteration = int(state["iteration"])
-        self.objective.load_state_dict(state["objective"])
+        if self._trainer is None or self.trainer.state.fn == "fit":  # evaluation works under any method config
+            try:
+                self.objective.load_state_dict(state["objective"])
+            except KeyError as err:
+                raise ValueError(
+                    f"{err.args[0]}: resuming training needs the method config the checkpoint was trained with "
+                    "(validate works under any)"
+                ) from None
         if state.get("engine") and hasattr(self.engine, "load_state_dict"):
             self.engine.load_state_dict(state["engine"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))

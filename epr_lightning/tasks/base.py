@@ -18,12 +18,15 @@ class Example:
         prompt: the user message; the chat template (if any) is applied by the module.
         answer: what the verifier needs (a reference answer, a target, a spec), or None.
         meta: anything else the reward function needs (JSON-serialisable).
+        messages: a chat-message prompt (``[{"role": "user", "content": ...}, ...]``) given instead of a single
+            user message; ``prompt`` then holds the last user message's text (for logging and rewards).
     """
 
     id: str
     prompt: str
     answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
 
 
 class RewardFunction(ABC):
@@ -43,6 +46,10 @@ class RewardFunction(ABC):
     def extract_answer(self, completion: str) -> str | None:
         """The completion's final answer in canonical form (for diversity metrics), or None."""
         return None
+
+    def warm_up(self) -> None:
+        """Start what the first call would otherwise start (worker processes, models); called once when the
+        data is set up, so that start-up time does not count against the first batch's timeouts."""
 
 
 class Task(ABC):
