@@ -142,6 +142,9 @@ class PromptDataModule(pl.LightningDataModule):
         if self._val is None:
             val = self.task.examples("val")
             self._val = val[: self.val_prompts] if self.val_prompts is not None else val
+            warm_up = getattr(self.task.reward, "warm_up", None)  # e.g. verifier processes, started before
+            if warm_up is not None:  # the first batch's rewards are timed
+                warm_up()
 
     def train_dataloader(self) -> DataLoader:
         assert self._train is not None

@@ -14,10 +14,13 @@ from epr_lightning.tasks.answers import (
 from epr_lightning.tasks.arithmetic import ArithmeticTask
 from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 from epr_lightning.tasks.countdown import CountdownReward, CountdownTask
+from epr_lightning.tasks.dataset import DatasetTask
 from epr_lightning.tasks.jsonl import JSONLTask, read_jsonl_examples
+from epr_lightning.tasks.math_reward import MathAnswerReward
 from epr_lightning.tasks.property_numbers import NumberPropertyReward, NumbersWithPropertyTask
 from epr_lightning.tasks.scoring import ScoreResult, score_completions
 from epr_lightning.tasks.toy import CharacterFractionReward, CharacterTask
+from epr_lightning.tasks.trl_reward import TRLReward
 
 __all__ = [
     "ArithmeticTask",
@@ -25,15 +28,18 @@ __all__ = [
     "CharacterTask",
     "CountdownReward",
     "CountdownTask",
+    "DatasetTask",
     "Example",
     "ExactAnswerReward",
     "ExpressionError",
     "ExpressionLimits",
     "JSONLTask",
+    "MathAnswerReward",
     "NumberPropertyReward",
     "NumbersWithPropertyTask",
     "RewardFunction",
     "ScoreResult",
+    "TRLReward",
     "Split",
     "Task",
     "canonical_expression",

@@ -104,6 +104,10 @@ def score_completions(
     """
     if len(examples) != len(completions):
         raise ValueError(f"got {len(examples)} examples but {len(completions)} completions")
+    if getattr(reward_fn, "batched", False):  # one call per batch (TRL-style rewards: tasks/trl_reward.py)
+        from epr_lightning.tasks.trl_reward import score_batched
+
+        return score_batched(reward_fn, examples, completions, timeout_s, max_workers)
     n = len(completions)
     if timeout_s is None:
         outcomes = [_score_one(reward_fn, e, c) for e, c in zip(examples, completions, strict=True)]
