@@ -2,6 +2,7 @@
 
 Model (``RLModule``), data (``PromptDataModule``), the policy source, rollout engine, task/reward, objective
 pieces and callbacks are all chosen by ``class_path`` in YAML; later ``--config`` files override earlier ones.
+``epr-lightning export CKPT OUT_DIR`` writes a checkpoint as a Hugging Face folder (``export_cli.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
@@ -28,6 +29,14 @@ from epr_lightning.module import RLModule
 # Errors that come from user input (config values, files, missing packages): one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError)
 
+#: the monitoring callbacks every run gets (``monitors:``; ``--monitors '[]'`` turns them off).
+DEFAULT_MONITORS = [
+    {"class_path": "epr_lightning.callbacks.EntropyTracker"},
+    {"class_path": "epr_lightning.callbacks.DiversityMonitor"},
+    {"class_path": "epr_lightning.callbacks.PrecisionAudit"},
+    {"class_path": "epr_lightning.callbacks.SampleLogger", "init_args": {"every_n": 5}},
+]
+
 
 class EPRLightningCLI(LightningCLI):
     """LightningCLI with the project's defaults (seeded, configs saved next to the logs).
@@ -37,8 +46,18 @@ class EPRLightningCLI(LightningCLI):
     * no ``ModelCheckpoint`` in ``trainer.callbacks`` (and ``trainer.enable_checkpointing`` not false) →
       a ``RolloutCheckpoint()`` (``last.ckpt`` after every rollout iteration) is added;
     * ``graceful_stop: true`` → a ``GracefulStop()`` is added unless one is configured;
-    * ``atomic_checkpoints: true`` → checkpoints are written to a temp file and renamed into place.
+    * ``atomic_checkpoints: true`` → checkpoints are written to a temp file and renamed into place;
+    * ``monitors`` (default: ``DEFAULT_MONITORS``) are added to the trainer's callbacks, except a type that
+      ``trainer.callbacks`` already lists. They are a key of their own because a later ``--config`` file
+      replaces a list such as ``trainer.callbacks`` entirely: a scale config that sets its own checkpoint
+      callback cannot drop the monitoring.
+
+    Subcommands: ``fit`` and ``validate`` (``test``/``predict`` are not offered: tasks have no test split).
     """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.set_defaults(
@@ -61,6 +80,14 @@ class EPRLightningCLI(LightningCLI):
             default=True,
             help="Write checkpoints to a temp file, fsync, then rename (a kill never leaves a torn file).",
         )
+        parser.add_argument(
+            "--monitors",
+            type=list[Callback] | None,
+            default=None,
+            help="Monitoring callbacks added to trainer.callbacks (default: entropy, diversity, precision, "
+            "samples); '[]' turns them off.",
+        )
+        parser.set_defaults({"monitors": DEFAULT_MONITORS})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         from epr_lightning.callbacks import GracefulStop
@@ -68,6 +95,9 @@ class EPRLightningCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        configured = {type(c) for c in callbacks}
+        monitors = self._get(self.config_init, "monitors", default=None) or []
+        callbacks += [m for m in monitors if type(m) not in configured]
         if trainer_cfg.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
@@ -105,14 +135,29 @@ def build_cli(args: ArgsType = None, run: bool = True, exit_on_error: bool = Tru
         auto_configure_optimizers=False,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": exit_on_error},  # subcommand parsers inherit it at parse time
+        parser_kwargs={  # subcommand parsers inherit exit_on_error at parse time
+            "exit_on_error": exit_on_error,
+            "epilog": "epr-lightning export CKPT OUT_DIR writes a checkpoint as a Hugging Face folder "
+            "(epr-lightning export --help).",
+        },
         args=args,
         run=run,
     )
 
 
 def main(args: ArgsType = None) -> None:
-    """Console entry point. Set ``EPR_DEBUG=1`` to see full tracebacks and jsonargparse's full parse reports."""
+    """Console entry point. Set ``EPR_DEBUG=1`` to see full tracebacks and jsonargparse's full parse reports.
+
+    The working directory is importable (as with ``python -m``), so ``class_path: my_rewards.MyReward`` finds
+    ``./my_rewards.py``; it comes after the installed packages on ``sys.path``.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        from epr_lightning.export_cli import main as export_main
+
+        raise SystemExit(export_main([str(a) for a in argv[1:]]))
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     _quiet_libraries()
     debug = bool(os.environ.get("EPR_DEBUG"))
     try:

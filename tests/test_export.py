@@ -1,4 +1,4 @@
-"""tools/export_hf.py: Lightning checkpoints (a .ckpt file, and the DCP directory of a 2-rank FSDP2 run) →
+"""``epr-lightning export``: Lightning checkpoints (a .ckpt file, and the DCP directory of a 2-rank FSDP2 run) →
 plain HF folders that ``from_pretrained`` loads and that score tokens like the trained policy."""
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import torch
 
 pytest.importorskip("peft")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-import export_hf  # noqa: E402
-
+from epr_lightning import export_cli as export_hf  # noqa: E402
 from epr_lightning.logprobs import token_logprobs_and_entropy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 LORA_BONUS = """
 model:
@@ -78,6 +76,20 @@ def test_export_of_a_lora_ckpt_scores_like_the_trained_policy(tmp_path: Path) ->
     base = TinyModel(hidden_size=64, num_layers=2).build()[0].eval()
     assert (scores(base, ids) - trained).abs().max() > 1e-3
     assert tok.eos_token == cli.model.tokenizer.eos_token and len(tok) == len(cli.model.tokenizer)
+
+    # the installed command, adapters only: the base model + the exported adapters score like the trained policy
+    from peft import PeftModel
+
+    from epr_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(ckpt), str(tmp_path / "adapter"), "--lora", "adapter"])
+    assert exit_.value.code == 0
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not list((tmp_path / "adapter").glob("model*.safetensors"))  # no full weights
+    fresh = TinyModel(hidden_size=64, num_layers=2).build()[0]
+    adapted = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    assert (scores(adapted, ids) - trained).abs().max() <= 1e-5
 
 
 @pytest.mark.distributed

@@ -40,4 +40,4 @@ srun --kill-on-bad-exit=1 epr-lightning fit \
     "$@"
 
 # After the run, turn the DCP checkpoint into an HF folder (on one node, CPU is enough):
-#   python tools/export_hf.py runs/multinode/version_0/checkpoints/last.ckpt exported/
+#   epr-lightning export runs/multinode/version_0/checkpoints/last.ckpt exported/
