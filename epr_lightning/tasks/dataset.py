@@ -149,6 +149,11 @@ class DatasetTask(Task):
     def default_reward(self) -> RewardFunction:
         return ExactAnswerReward()
 
+    def _where(self, split: str) -> str:
+        """The split's files, for error messages (the split named when there are several)."""
+        files = ", ".join(self.files[split])
+        return files if len(self.files) == 1 else f"{files} (split {split!r})"
+
     # ------------------------------------------------------------------------------------------- reading
     def _load_rows(self) -> dict[str, list[dict[str, Any]]]:
         import datasets
@@ -164,22 +169,23 @@ class DatasetTask(Task):
             while root.__cause__ is not None:  # datasets wraps the parser's error
                 root = root.__cause__
             first_line = (str(root).strip().splitlines() or [type(root).__name__])[0]
-            raise ValueError(located or f"data_files {self.files}: not readable as {self.format}: {first_line}") from err
-        needed = [self.id_column, self.answer_column] + ([] if self.prompt_template else [self.prompt_column])
+            files = ", ".join(f for fs in self.files.values() for f in fs)
+            raise ValueError(located or f"{files}: not readable as {self.format}: {first_line}") from err
+        needed = ([] if self.prompt_template else [self.prompt_column]) + [self.answer_column, self.id_column]
         rows: dict[str, list[dict[str, Any]]] = {}
         for name, data in loaded.items():
             for column in filter(None, needed):
                 if column not in data.column_names:
                     role = {self.prompt_column: "prompt", self.answer_column: "answer", self.id_column: "id"}[column]
                     raise ValueError(
-                        f"{self.files[name]}: no column {column!r} (the {role}_column); columns are {data.column_names}"
+                        f"{self._where(name)}: no column {column!r} (the {role}_column); columns are {data.column_names}"
                     )
             n = len(data) if self.max_examples is None else min(len(data), self.max_examples)
             rows[name] = [data[i] for i in range(n)]
         return rows
 
     def _example(self, split: str, index: int, row: dict[str, Any], seen: dict[str, int]) -> Example | None:
-        where = f"{self.files[split]} split {split!r} row {index}"
+        where = f"{self._where(split)} row {index}"
         messages = None
         if self.prompt_template is not None:
             try:
@@ -235,7 +241,7 @@ class DatasetTask(Task):
                     [e for i, e in enumerate(train) if i in held],
                 )
             if not train:
-                raise ValueError(f"{self.files[self.split]}: no training examples")
+                raise ValueError(f"{self._where(self.split)}: no training examples")
             self._splits = {"train": train, "val": val}
         return self._splits
 

@@ -31,6 +31,15 @@ from epr_lightning.tasks.base import Example, RewardFunction
 
 #: seconds a worker process may take to start (import sympy and math-verify); not part of ``timeout_s``.
 STARTUP_TIMEOUT_S = 120.0
+#: checks a worker runs once at start-up: fractions, decimals, roots, tuples/intervals, sets, percentages, symbols.
+WARM_UP = [
+    ("\\frac{1}{2}", "\\boxed{0.5}"),
+    ("2\\sqrt{2}", "$\\sqrt{8}$"),
+    ("(1, 2)", "\\boxed{(2,1)}"),
+    ("\\{1, 2\\}", "\\boxed{\\{2, 1\\}}"),
+    ("10\\%", "Answer: 0.1"),
+    ("x^2+1", "\\boxed{1 + x^2}"),
+]
 
 
 def _parse(text: str) -> list[Any]:
@@ -61,8 +70,9 @@ def serve() -> None:
 
     logging.disable(logging.WARNING)  # math-verify warns on every call that its timeout is off
     out = sys.stdout
-    try:
-        _parse("\\boxed{1}")  # imports and warms up the parser
+    try:  # import and warm up everything a check may load lazily (outside any timeout)
+        for gold, answer in WARM_UP:
+            check_answer(gold, answer)
     except Exception as err:  # noqa: BLE001 — report why the worker cannot serve
         out.write(json.dumps(["error", f"{type(err).__name__}: {err}"]) + "\n")
         out.flush()
@@ -179,7 +189,7 @@ class MathAnswerReward(RewardFunction):
     """
 
     def __init__(
-        self, timeout_s: float = 2.0, workers: int = 4, format_bonus: float = 0.0, max_chars: int = 4000
+        self, timeout_s: float = 3.0, workers: int = 4, format_bonus: float = 0.0, max_chars: int = 4000
     ) -> None:
         if importlib.util.find_spec("math_verify") is None:
             raise ModuleNotFoundError("MathAnswerReward needs math-verify: pip install 'epr-lightning[math]'")
