@@ -90,7 +90,7 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
     assert all(r["iterations"] == "2" for r in rows)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| grpo | 2 |" in table and "| repo_r | 2 |" in table and "tools/compare_methods.py" in table
-    for png in ("entropy.png", "reward.png", "pair_grpo_repo_r.png", "summary.png"):
+    for png in ("entropy.png", "reward.png", "pair_grpo_repo_r.png", "summary.png", "tradeoff.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # checkpoints are cleaned up
     capsys.readouterr()
@@ -99,6 +99,40 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("cached") == 4 and "training" not in out
     assert second["rows"] == first["rows"]
+    # --cached-only reports what has finished and trains nothing (seed 2 never ran)
+    partial = tool.main([*argv[:8], "2", *argv[8:], "--cached-only"])
+    out = capsys.readouterr().out
+    assert "training" not in out and out.count("left out (--cached-only)") == 2
+    assert partial["rows"] == first["rows"]
+
+
+def test_tradeoff_reads_several_labs_renames_and_keeps_the_first_row(tmp_path, capsys):
+    tool = load_tool("compare_methods")
+    plots = load_tool("lab_plots")
+    tool.write_csv(tmp_path / "a.csv", [
+        {"method": "repo_r", "seed": 0, "reward_final": 0.5, "entropy_change_pct": 2.0},
+        {"method": "repo_r", "seed": 1, "reward_final": 0.4, "entropy_change_pct": -4.0},
+        {"method": "grpo", "seed": 0, "reward_final": 0.6, "entropy_change_pct": -70.0},
+    ])  # fmt: skip
+    tool.write_csv(tmp_path / "b.csv", [
+        {"method": "grpo", "seed": 0, "reward_final": 0.9, "entropy_change_pct": -99.0},  # a duplicate: not used
+        {"method": "repo_r[zeta_max=0.2]", "seed": 0, "reward_final": 0.58, "entropy_change_pct": -38.0},
+    ])  # fmt: skip
+    out = tmp_path / "t.png"
+    plots.main(["tradeoff", "--csv", str(tmp_path / "a.csv"), "--csv", str(tmp_path / "b.csv"),
+                "--methods", "grpo", "repo_r[zeta_max=0.2]", "repo_r[zeta_max=0.5]",
+                "--rename", "repo_r=repo_r[zeta_max=0.5]", "--out", str(out)])  # fmt: skip
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| grpo",
+        "| repo_r[zeta_max=0.2]",
+        "| repo_r[zeta_max=0.5]",
+    ]
+    assert table[2].startswith("| grpo | 1 | 0.60 |")  # a.csv's row, not b.csv's duplicate
+    assert table[4].startswith("| repo_r[zeta_max=0.5] | 2 | 0.45 ± 0.07 |")  # (0.5 + 0.4) / 2, std 0.0707
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no rows"):
+        plots.main(["tradeoff", "--csv", str(tmp_path / "a.csv"), "--methods", "dapo", "--out", str(out)])
 
 
 def test_init_weights_starts_from_a_checkpoint(tmp_path):

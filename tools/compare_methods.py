@@ -7,7 +7,8 @@
 Each run is ``epr-lightning fit --config <lab configs> --config configs/method/<m>.yaml --seed_everything s``
 (+ ``--set`` overrides) in a subprocess, with one progress line per run. A finished run is cached under
 ``--runs-dir`` by (config hash, method, seed, code commit): rerunning the same command skips it, so an interrupted
-lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``). The code commit is the last
+lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``); ``--cached-only`` trains
+nothing and writes the report from the runs finished so far (of a lab still running, say). The code commit is the last
 commit that touched the package or callbacks (``+dirty`` and a diff hash when they have uncommitted
 changes), so committing results or another method's YAML does not invalidate the cache.
 
@@ -92,14 +93,18 @@ class Lab:
     def key(self, *parts: str) -> str:
         return content_hash(self.version, *parts)
 
-    def run(self, label: str, key: str, cli_args: list[str], total: int, index: int) -> dict:
-        """Train one run (or return its cached result); ``label`` names it in the progress line."""
+    def run(self, label: str, key: str, cli_args: list[str], total: int, index: int) -> dict | None:
+        """Train one run (or return its cached result); ``label`` names it in the progress line. With
+        ``--cached-only`` a run that is not cached is not trained: None."""
         cached = self.cache / f"{key}.json"
         log_dir = self.root / label / key
         if cached.is_file():
             result = json.loads(cached.read_text())
             print(f"[{index}/{total}] {label}: cached ({key})", flush=True)
             return result
+        if self.args.cached_only:
+            print(f"[{index}/{total}] {label}: not finished yet, left out (--cached-only)", flush=True)
+            return None
         last = log_dir / "checkpoints" / "last.ckpt"
         resume = ["--ckpt_path", str(last)] if last.is_file() else []
         cmd = [sys.executable, "-m", "epr_lightning", "fit", *cli_args,
@@ -172,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pair", nargs=2, default=["grpo", "repo_r"], help="methods drawn side by side")
     p.add_argument("--claim", nargs=2, default=["repo_r", "grpo"], help="METHOD BASELINE of the core claim")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train nothing: write the report from the runs that have finished (e.g. while a lab runs)",
+    )
     args = p.parse_args(argv)
     for c in args.config + ([args.then] if args.then else []):
         if not Path(c).is_file():
@@ -194,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
                 key = lab_runs.key(chash, path.read_text(), str(seed), *extra)
                 cli = [*base, "--config", str(path), *seed_args(seed), *sets, *extra]
                 res = lab_runs.run(f"{name.replace('=', '')}_s{seed}", key, cli, total, index)
+                if res is None:
+                    continue
                 results[name, seed] = res
                 summary = lab.summarize_run(res["series"], res["wall_s"])
                 rows.append(
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     sequential = (
         run_sequential(args, lab_runs, methods, results, base, sets, chash, total, index) if args.then else []
     )
-    if not args.keep_checkpoints:
+    if not args.keep_checkpoints and not args.cached_only:  # a lab still running may need them
         for res in results.values():
             shutil.rmtree(Path(res["log_dir"]) / "checkpoints", ignore_errors=True)
     claim = lab.holds_entropy(rows, args.claim[0], 15.0, args.claim[1], 0.05)
@@ -222,7 +234,12 @@ def run_sequential(
     task_b = Path(args.then)
     iters = [f"--data.init_args.batches_per_epoch={args.then_iterations}"]
     rows = []
-    jobs = [(name, seed, results[name, seed]) for name in methods for seed in args.seeds]
+    jobs = [
+        (name, seed, results[name, seed])
+        for name in methods
+        for seed in args.seeds
+        if (name, seed) in results
+    ]
     first = next(iter(methods))
     jobs += [(f"{first}_from_base", seed, None) for seed in args.seeds]
     for name, seed, parent in jobs:
@@ -231,7 +248,8 @@ def run_sequential(
         ckpt = Path(parent["log_dir"]) / "checkpoints" / "last.ckpt" if parent else None
         origin = parent["key"] if parent else f"base:{chash}:{method_path.read_text()}:{seed}"
         key = lab_runs.key(origin, task_b.read_text(), str(args.then_iterations))
-        if ckpt is not None and not ckpt.is_file() and not (lab_runs.cache / f"{key}.json").is_file():
+        cached = (lab_runs.cache / f"{key}.json").is_file()
+        if ckpt is not None and not ckpt.is_file() and not cached and not args.cached_only:
             # the parent's weights were cleaned up before its continuation ran: train the parent again
             (lab_runs.cache / f"{parent['key']}.json").unlink()
             cli = [*base, "--config", str(method_path), *seed_args(seed), *sets]
@@ -239,6 +257,8 @@ def run_sequential(
         cli = [*base, "--config", str(method_path), "--config", str(task_b), *seed_args(seed), *sets, *iters]
         cli += [f"--model.init_args.init_weights={ckpt}"] if ckpt else []
         res = lab_runs.run(f"then/{name}_s{seed}", key, cli, total, index)
+        if res is None:
+            continue
         summary = lab.sequential_summary(res["series"][lab.REWARD], args.threshold)
         h = res["series"][lab.ENTROPY]
         rows.append({"method": name, "seed": seed, "entropy_b_initial": h[0], "entropy_b_end": lab.tail_mean(h),

@@ -1,7 +1,17 @@
-"""The method lab's PNGs (``tools/compare_methods.py`` calls ``plot_lab``): curves with seeds as bands, and bars."""
+"""The method lab's PNGs (``tools/compare_methods.py`` calls ``plot_lab``): curves with seeds as bands, bars, and
+the entropy-vs-reward trade-off.
+
+As a command it draws the trade-off of chosen runs from one or more labs' ``runs.csv`` (e.g. a ζ-bound sweep made
+of several invocations) and prints their Markdown table:
+
+    python tools/lab_plots.py tradeoff --csv docs/lab/zeta_sweep/runs.csv --csv docs/lab/arithmetic/runs.csv \
+        --methods grpo "repo_r[zeta_max=0.2]" repo_r --rename repo_r=repo_r[zeta_max=0.5] --out tradeoff.png
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import math
 from pathlib import Path
 
@@ -83,6 +93,72 @@ def plot_bars(path: Path, rows: list[dict], columns=lab.TABLE_COLUMNS) -> None:
     plt.close(fig)
 
 
+def plot_tradeoff(
+    path: Path,
+    rows: list[dict],
+    x: str = "reward_final",
+    y: str = "entropy_change_pct",
+    band_pct: float = 15.0,
+) -> None:
+    """One point per method: mean over seeds of ``x`` (final reward) against ``y`` (entropy change %), with the
+    seeds' standard deviations as error bars and the ±``band_pct`` band of the core claim shaded."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.axhspan(-band_pct, band_pct, color="grey", alpha=0.12, label=f"±{band_pct:g}% of initial entropy")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mx, sx, n = lab.mean_std(r.get(x, math.nan) for r in rows if r["method"] == method)
+        my, sy, _ = lab.mean_std(r.get(y, math.nan) for r in rows if r["method"] == method)
+        if n == 0 or not math.isfinite(my):
+            continue
+        ax.errorbar(mx, my, xerr=sx if n > 1 else None, yerr=sy if n > 1 else None, fmt="o", capsize=3,
+                    label=f"{method} ({n} seed{'s' if n > 1 else ''})")  # fmt: skip
+    ax.set_xlabel("final reward (mean of the last 5 iterations)")
+    ax.set_ylabel("entropy change % (val, end vs start)")
+    ax.set_title("entropy kept vs reward (mean over seeds; bars = std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_rows(paths: list[str], methods: list[str] | None, rename: dict[str, str]) -> list[dict]:
+    """``runs.csv`` rows (numbers as floats) of ``methods`` (all when None), renamed, first occurrence of each
+    (method, seed) kept, in the order of ``methods``."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for raw in csv.DictReader(f):
+                row: dict = {}
+                for k, v in raw.items():
+                    try:
+                        row[k] = (
+                            float(v) if k not in ("method", "seed", "code", "config_hash", "coef_name") else v
+                        )
+                    except ValueError:
+                        row[k] = v
+                row["method"] = rename.get(row["method"], row["method"])
+                rows.setdefault((row["method"], row["seed"]), row)
+    order = methods or list(dict.fromkeys(m for m, _ in rows))
+    return [row for m in order for (method, _), row in rows.items() if method == m]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="the entropy-vs-reward trade-off of chosen lab runs")
+    p.add_argument("command", choices=["tradeoff"])
+    p.add_argument("--csv", action="append", required=True, help="a lab's runs.csv (repeatable)")
+    p.add_argument("--methods", nargs="+", help="methods (after --rename) to show, in this order")
+    p.add_argument("--rename", nargs="*", default=[], help="OLD=NEW method names (e.g. to name a default)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    args = p.parse_args(argv)
+    rename = dict(item.split("=", 1) for item in args.rename)
+    rows = read_rows(args.csv, args.methods, rename)
+    if not rows:
+        raise SystemExit(f"lab_plots: no rows of {args.methods} in {args.csv}")
+    plot_tradeoff(Path(args.out), rows)
+    print(lab.method_table(rows))
+
+
 def plot_lab(
     out: Path, rows: list[dict], curves: list[dict], sequential: list[dict], pair: tuple[str, str]
 ) -> None:
@@ -93,7 +169,12 @@ def plot_lab(
     if len(shown) == 2:
         plot_curves(out / f"pair_{shown[0]}_{shown[1]}.png", curves, shown, "entropy", True, "token entropy")
     plot_bars(out / "summary.png", rows)
+    plot_tradeoff(out / "tradeoff.png", rows)
     if sequential:
         cols = (("reward_auc", "task-B reward AUC"), ("iters_to_threshold", "iterations to threshold"),
                 ("entropy_b_initial", "entropy at task-B start"))  # fmt: skip
         plot_bars(out / "sequential.png", sequential, cols)
+
+
+if __name__ == "__main__":
+    main()
