@@ -106,6 +106,22 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
     assert partial["rows"] == first["rows"]
 
 
+def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path):
+    # the lab validates every 2 iterations; task B runs 1 iteration, so its validation interval must follow
+    tool = load_tool("compare_methods")
+    tiny = str(ROOT / "configs" / "tiny_cpu.yaml")
+    result = tool.main([
+        "--config", tiny, "--methods", "grpo", "--seeds", "0",
+        "--set", "data.init_args.batches_per_epoch=2", "--set", "trainer.val_check_interval=2",
+        "--then", tiny, "--then-iterations", "1", "--threshold", "0.0",
+        "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+    ])  # fmt: skip
+    seq = result["sequential"]
+    assert [(r["method"], r["seed"]) for r in seq] == [("grpo", 0), ("grpo_from_base", 0)]
+    assert all(r["iters_to_threshold"] == 0.0 and r["reached"] == 1.0 for r in seq)
+    assert "Sequential learning" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_tradeoff_reads_several_labs_renames_and_keeps_the_first_row(tmp_path, capsys):
     tool = load_tool("compare_methods")
     plots = load_tool("lab_plots")

@@ -232,7 +232,8 @@ def run_sequential(
     args, lab_runs: Lab, methods: dict, results: dict, base, sets, chash: str, total: int, index: int
 ) -> list:
     task_b = Path(args.then)
-    iters = [f"--data.init_args.batches_per_epoch={args.then_iterations}"]
+    n = args.then_iterations  # B's run is shorter: it validates at its own end (and at iteration 0)
+    iters = [f"--data.init_args.batches_per_epoch={n}", f"--trainer.val_check_interval={n}"]
     rows = []
     jobs = [
         (name, seed, results[name, seed])
