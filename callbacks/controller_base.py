@@ -1,6 +1,6 @@
 """``EntropyController``: the plumbing every entropy controller shares (``controllers.py`` has the three).
 
-Timing (paper.md §5): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
+Timing (docs/methods.md §6): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
 ``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
 record (before any update). The new coefficient is written into the objective piece and is used from the next
 iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.

@@ -15,7 +15,7 @@ Opt-in diagnostic (one extra no-grad forward per logged iteration). From each ``
   ``policy_pass``) minus ``record.token_mean_entropy()`` (π_old, before the update).
 - ``dynamics/sign_agreement``: running fraction of iterations where sign(predicted) == sign(measured).
 
-[X] the comparison itself is our diagnostic (paper.md §10), not the paper's.
+[X] the comparison itself is our diagnostic (docs/methods.md §1), not the paper's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Entropy targets H*(iteration) for the controllers (paper.md §5: H* defaults to the entropy at iteration 0).
+"""Entropy targets H*(iteration) for the controllers (docs/methods.md §6: H* defaults to the entropy at iteration 0).
 
 Every target answers ``value(iteration, initial_entropy)``: ``iteration`` is the rollout iteration whose
 entropy is being compared (0-based), ``initial_entropy`` the token-mean entropy measured at iteration 0 before

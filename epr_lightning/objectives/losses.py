@@ -7,7 +7,7 @@
 | ``REINFORCELoss`` | −A·log π, strictly on-policy (RLOO as in the paper) |
 | ``ClipCovLoss`` / ``KLCovLoss`` | wrap a base loss; Cui et al. 2025 covariance-targeted interventions |
 
-Ratios are computed in fp32 from an fp32 log-prob difference (paper.md §7). Optional truncated importance
+Ratios are computed in fp32 from an fp32 log-prob difference (docs/methods.md §9). Optional truncated importance
 sampling (``tis_cap``) reweights each token by min(π_old/π_sampler, C), correcting the trainer/sampler mismatch.
 """
 
