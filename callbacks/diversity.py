@@ -99,7 +99,7 @@ def load_sentence_encoder(name: str) -> Encoder | None:
         return None
     try:
         model = SentenceTransformer(name, local_files_only=True, device="cpu")
-    except Exception as err:  # noqa: BLE001 - any load failure means: skip this optional metric
+    except Exception as err:
         rank_zero_info(
             f"DiversityMonitor: embedding model {name!r} is not available locally ({err}); skipping."
         )

@@ -97,7 +97,9 @@ class EntropyDynamics(pl.Callback):
         """All ``dynamics/…`` values for one record (the module must provide ``policy_pass``)."""
         rows = slice(None) if self.max_rows is None else slice(0, self.max_rows)
         if record.collision is None:
-            raise ValueError("EntropyDynamics needs StepRecord.collision (S per position); the module records it")
+            raise ValueError(
+                "EntropyDynamics needs StepRecord.collision (S per position); the module records it"
+            )
         logp, ent, col = record.old_logp[rows], record.entropy[rows], record.collision[rows]
         adv, mask = record.token_advantages[rows], record.loss_mask[rows]
         cov, cov_pos, cov_neg = signed_covariances(logp, ent, adv, mask, col)

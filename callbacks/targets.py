@@ -63,7 +63,7 @@ class FixedEntropy(EntropyTarget):
     def __init__(self, value: float) -> None:
         self.target = _finite_nonneg("FixedEntropy.value", value)
 
-    def value(self, iteration: int, initial_entropy: float) -> float:  # noqa: D102 (see base)
+    def value(self, iteration: int, initial_entropy: float) -> float:
         return self.target
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ def apply_lora(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:
     return wrapped
 
 
-def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def lora_layers(model: torch.nn.Module) -> dict[str, Any]:
     """Module name → peft LoRA layer, for every adapted layer of ``model`` (empty for plain models)."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -98,7 +99,7 @@ def _full_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return to_full(tensor.detach()).float()
 
 
-def merged_weight(layer: torch.nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+def merged_weight(layer: Any, prefix: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """``W + Σ_active scaling · B @ A`` in fp32 for the LoRA layer named ``prefix`` (tensors from ``state``).
 
     Under FSDP2 the state-dict entries are DTensors; ``.full_tensor()`` gathers them (a collective: every rank

@@ -9,7 +9,7 @@ Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iter
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -167,8 +167,10 @@ class RLModule(pl.LightningModule):
         self.grad_clip = grad_clip
         self.logprob_chunk_size = logprob_chunk_size
         self.fp32_lm_head = fp32_lm_head
-        if logprob_dtype not in LogProbDType.__args__:
-            raise ValueError(f"model.logprob_dtype must be one of {LogProbDType.__args__}, got {logprob_dtype!r}")
+        if logprob_dtype not in get_args(LogProbDType):
+            raise ValueError(
+                f"model.logprob_dtype must be one of {get_args(LogProbDType)}, got {logprob_dtype!r}"
+            )
         self.logprob_dtype = logprob_dtype
         self.use_chat_template = use_chat_template
         self.max_prompt_tokens = max_prompt_tokens
@@ -181,7 +183,9 @@ class RLModule(pl.LightningModule):
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
-        self.initial_validation: dict[str, float] = {}  # val/ metrics before the first update (not checkpointed)
+        self.initial_validation: dict[
+            str, float
+        ] = {}  # val/ metrics before the first update (not checkpointed)
         if init_weights is not None and not Path(init_weights).expanduser().is_file():
             raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
         self.init_weights = init_weights
@@ -226,7 +230,9 @@ class RLModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.configure_model()
-        self.engine.setup(self.policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size)
+        self.engine.setup(
+            self.policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size
+        )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The objective's controllers (merged into the trainer's callbacks by Lightning)."""
@@ -237,7 +243,10 @@ class RLModule(pl.LightningModule):
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
+        }
 
     # ---------------------------------------------------------------- the iteration
     def training_step(self, batch: list[Example], batch_idx: int) -> dict[str, StepRecord]:
@@ -248,7 +257,9 @@ class RLModule(pl.LightningModule):
         seq_adv = self.objective.sequence_advantages(rewards.to(self.device), tokens.group_index)
         stats = run_update(self, tokens, seq_adv)
         self.engine.push_weights(self.policy)
-        record = self.make_record(examples, rollout, tokens, rewards, correct, answers, seq_adv, stats, reward_errors)
+        record = self.make_record(
+            examples, rollout, tokens, rewards, correct, answers, seq_adv, stats, reward_errors
+        )
         self.log_iteration(record, rollout, stats, len(examples))
         self.iteration += 1
         return {"record": record}
@@ -256,7 +267,11 @@ class RLModule(pl.LightningModule):
     # ---------------------------------------------------------------- stages
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
 
     def admit_prompts(self, examples: list[Example]) -> list[Example]:
         """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; cache their token ids."""
@@ -311,12 +326,18 @@ class RLModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(dm, "task", None)
 
-    def score(self, examples: list[Example], rollout: Rollout) -> tuple[Tensor, Tensor, list[str | None], int]:
+    def score(
+        self, examples: list[Example], rollout: Rollout
+    ) -> tuple[Tensor, Tensor, list[str | None], int]:
         if self.task is None:
-            raise RuntimeError("RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)")
+            raise RuntimeError(
+                "RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)"
+            )
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
-    def policy_pass(self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None) -> PolicyPass:
+    def policy_pass(
+        self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
+    ) -> PolicyPass:
         """Log-probs, exact entropies and S of the completion tokens under the current policy (or ``model``)."""
         with torch.set_grad_enabled(grad):
             return score_tokens(
@@ -367,7 +388,9 @@ class RLModule(pl.LightningModule):
             metrics={k: float(v) for k, v in stats.metrics.items()},
         )
 
-    def log_iteration(self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int) -> None:
+    def log_iteration(
+        self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int
+    ) -> None:
         mask = record.loss_mask
         lengths = mask.sum(dim=1)
         metrics = {
@@ -375,7 +398,9 @@ class RLModule(pl.LightningModule):
             "rollout/reward_std": record.rewards.std(unbiased=False),
             "rollout/accuracy": record.correct.float().mean(),
             "rollout/completion_len": lengths.mean(),
-            "rollout/truncated_frac": torch.tensor(sum(f == "length" for f in rollout.finish_reason) / len(rollout)),
+            "rollout/truncated_frac": torch.tensor(
+                sum(f == "length" for f in rollout.finish_reason) / len(rollout)
+            ),
             "rollout/reward_errors": torch.tensor(float(record.reward_errors)),
             "rollout/skipped_prompts": torch.tensor(float(self.skipped_prompts)),
             "policy/entropy": torch.tensor(record.token_mean_entropy()),
@@ -397,8 +422,12 @@ class RLModule(pl.LightningModule):
         rewards, correct, answers, errors = self.score(examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         old = self.policy_pass(tokens, grad=False)
-        for name, value in validation_metrics(tokens, old, rewards, correct, answers, rollout, self.val_num_generations).items():
-            self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=len(examples), sync_dist=True)
+        for name, value in validation_metrics(
+            tokens, old, rewards, correct, answers, rollout, self.val_num_generations
+        ).items():
+            self.log(
+                f"val/{name}", value, on_epoch=True, on_step=False, batch_size=len(examples), sync_dist=True
+            )
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -416,7 +445,9 @@ class RLModule(pl.LightningModule):
         if state is None:
             return
         self.iteration = int(state["iteration"])
-        if self._trainer is None or self.trainer.state.fn == "fit":  # evaluation works under any method config
+        if (
+            self._trainer is None or self.trainer.state.fn == "fit"
+        ):  # evaluation works under any method config
             try:
                 self.objective.load_state_dict(state["objective"])
             except KeyError as err:

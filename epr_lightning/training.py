@@ -146,7 +146,11 @@ def run_update(module: RLModule, tokens: TokenBatch, seq_adv: Tensor) -> UpdateS
                         _scatter(full[key], rows, out.token_stats[name])
             step_metrics = {k: float(v) for k, v in out.metrics.items()}
             step_metrics.update(
-                {f"policy/{k}": float(v) for t in obj.transforms for k, v in getattr(t, "last_stats", {}).items()}
+                {
+                    f"policy/{k}": float(v)
+                    for t in obj.transforms
+                    for k, v in getattr(t, "last_stats", {}).items()
+                }
             )
             if norm is not None:
                 step_metrics["train/grad_norm"] = norm

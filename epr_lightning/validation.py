@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
+from epr_lightning.logprobs import PolicyPass
 from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
 from epr_lightning.rollout.base import Rollout, TokenBatch
-from epr_lightning.logprobs import PolicyPass
 
 
 def _mean(values: list[float | None]) -> float | None:

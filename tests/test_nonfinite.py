@@ -68,7 +68,7 @@ def test_finite_step_updates_and_resets_the_streak() -> None:
         pytest.param(lambda m: torch.sqrt(m.policy.weight - m.policy.weight.detach()).sum(), id="inf-grad"),
     ],
 )
-def test_nonfinite_loss_or_gradient_skips_the_update(make_loss) -> None:  # noqa: ANN001
+def test_nonfinite_loss_or_gradient_skips_the_update(make_loss) -> None:
     m = fake_module()
     loss = make_loss(m)
     before = m.policy.weight.detach().clone()
@@ -101,10 +101,10 @@ class NaNAt(Callback):
         self.logged: dict[int, float] = {}
         self.weights: dict[int, torch.Tensor] = {}
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_start(self, trainer, pl_module) -> None:
         real = pl_module.objective.compute_loss
 
-        def poisoned(batch, normaliser=None):  # noqa: ANN001, ANN202
+        def poisoned(batch, normaliser=None):
             out = real(batch, normaliser)
             if pl_module.iteration in self.iterations:
                 return dataclasses.replace(out, loss=out.loss * float("nan"))
@@ -112,10 +112,10 @@ class NaNAt(Callback):
 
         pl_module.objective.compute_loss = poisoned
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.weights[pl_module.iteration] = next(pl_module.policy.parameters()).detach().clone()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.logged[pl_module.iteration - 1] = float(trainer.callback_metrics["train/nonfinite_skips"])
 
 

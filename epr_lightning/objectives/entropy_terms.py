@@ -5,7 +5,7 @@ reference policy. (Clip-Cov / KL-Cov wrap the surrogate instead and live in ``lo
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor
 
@@ -26,7 +26,7 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -
         return 0.5 * d * d
     if estimator == "k3":
         return d.exp() - d - 1.0
-    raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+    raise ValueError(f"estimator must be one of {get_args(KLEstimator)}, got {estimator!r}")
 
 
 def _check_coef(coef: float) -> float:
@@ -83,8 +83,8 @@ class KLPenalty(LossTerm):
 
     def __init__(self, coef: float = 1e-3, estimator: KLEstimator = "k3") -> None:
         self.coef = _check_coef(coef)
-        if estimator not in KLEstimator.__args__:
-            raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+        if estimator not in get_args(KLEstimator):
+            raise ValueError(f"estimator must be one of {get_args(KLEstimator)}, got {estimator!r}")
         self.estimator = estimator
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:

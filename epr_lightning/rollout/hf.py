@@ -86,7 +86,7 @@ class HFEngine(RolloutEngine):
 
     def _generate_chunk(
         self,
-        model: torch.nn.Module,
+        model: Any,
         prompts: list[list[int]],
         params: SamplingParams,
         stop_ids: list[int],

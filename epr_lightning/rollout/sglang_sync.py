@@ -36,7 +36,7 @@ def init_custom_process_group(
         [],
         Backend(backend),
         PrefixStore(group_name, store),
-        group_name=group_name,
+        group_name=group_name,  # type: ignore[arg-type]  # torch's private helper wants its GroupName NewType
         backend_options=None,
         timeout=timeout,
     )

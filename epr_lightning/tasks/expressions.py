@@ -209,7 +209,8 @@ def canonical_expression(node: Node, commutative: bool = True) -> str:
     if commutative:
         level = _PREC[op]
         pos_op, neg_op = ("+", "-") if level == 1 else ("*", "/")
-        pos, neg = [], []
+        pos: list[str] = []
+        neg: list[str] = []
         for positive, child in _signed_terms(node, pos_op, neg_op):
             s = canonical_expression(child, commutative)
             if _prec(child) <= level:  # only possible for a sum inside a product

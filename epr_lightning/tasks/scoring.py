@@ -50,7 +50,7 @@ class ScoreResult:
 def _score_one(reward_fn: RewardFunction, example: Example, completion: str) -> tuple[float, str | None]:
     try:
         value = float(reward_fn(example, completion))
-    except Exception as err:  # noqa: BLE001 — any reward failure is counted, never raised
+    except Exception as err:
         return 0.0, f"error:{type(err).__name__}"
     if not math.isfinite(value):
         return 0.0, NONFINITE

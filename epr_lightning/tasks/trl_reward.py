@@ -92,7 +92,8 @@ class TRLReward(RewardFunction):
         """One call of every function on the whole batch; the weighted sum per completion (NaN = no value)."""
         prompts = [e.messages if e.messages else e.prompt for e in examples]
         texts: list[Any] = [
-            [{"role": "assistant", "content": c}] if e.messages else c for e, c in zip(examples, completions, strict=True)
+            [{"role": "assistant", "content": c}] if e.messages else c
+            for e, c in zip(examples, completions, strict=True)
         ]
         keys = dict.fromkeys(k for e in examples for k in e.meta if not k.startswith("_"))
         columns = {k: [e.meta.get(k) for e in examples] for k in keys}
@@ -128,7 +129,7 @@ def score_batched(
     def run() -> None:
         try:
             box["values"] = reward_fn.score_batch(examples, completions)
-        except Exception as err:  # noqa: BLE001 — counted, never raised
+        except Exception as err:
             box["error"] = err
 
     if timeout_s is None:
@@ -148,6 +149,4 @@ def score_batched(
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         rewards.append(float(value) if finite else 0.0)
         kinds.append(None if finite else NONFINITE)
-    return ScoreResult(
-        rewards=rewards, nonfinite=sum(k == NONFINITE for k in kinds), error_kinds=kinds
-    )
+    return ScoreResult(rewards=rewards, nonfinite=sum(k == NONFINITE for k in kinds), error_kinds=kinds)

@@ -91,7 +91,7 @@ class FakeSGLangServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> FakeSGLangServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -174,7 +174,7 @@ class FakeSGLangServer:
         if path == "/update_weights_from_disk":
             try:
                 b.load_dir(body["model_path"])
-            except Exception as err:  # noqa: BLE001 - reported like SGLang does
+            except Exception as err:
                 return 400, {
                     "success": False,
                     "message": f"{type(err).__name__}: {err}",
@@ -238,7 +238,7 @@ class FakeSGLangServer:
         else:
             try:
                 status, payload = self._route(path, body)
-            except Exception as err:  # noqa: BLE001 - a server answers 500, it does not die
+            except Exception as err:
                 status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         handler.send_response(status)
@@ -251,10 +251,10 @@ class FakeSGLangServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server._handle(self, "GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 server._handle(self, "POST")
 
             def log_message(self, *args: object) -> None:  # keep test output quiet
