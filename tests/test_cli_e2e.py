@@ -114,10 +114,8 @@ def test_first_on_policy_ratio_is_exactly_one(tmp_path):
     data.setup("fit")
     module.configure_model()
     module.engine.setup(module.policy, module.tokenizer)
-    examples = module.admit_prompts(data._train[:2])
-    rollout = module.engine.generate(
-        [e.meta["_prompt_ids"] for e in examples], module.sampling, 4, model=module.policy
-    )
+    prompts = module.admit_prompts(data._train[:2])
+    rollout = module.engine.generate(prompts.ids, module.sampling, 4, model=module.policy)
     tokens = rollout.to_batch(module.pad_id)
     old = module.policy_pass(tokens, grad=False)
     cur = module.policy_pass(tokens, grad=True)

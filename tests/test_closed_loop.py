@@ -37,7 +37,7 @@ after 20 iterations; ``cu`` = upper clip fraction, averaged over an iteration's 
    [0, 0, −1.1, 0], and clip fractions 1/3 each over the three masked tokens. At every optimizer step the loss's
    ε_high equals the controller's coefficient (checked over 8
    iterations: 0.28, 0.35, 0.44, …, 1.0). With ppo_epochs > 1 π_old is the separate no-grad pass before the
-   first optimizer step (``training.run_update``).
+   first optimizer step (``update.PolicyUpdate``).
 2. In this toy a larger ε_high *speeds up* the collapse. Fixed ε_high (DAPO loss, ε_low = 0.2), test setup:
 
    | seed | ε_high 0.2 (GRPO) | 0.28 (DAPO) | 0.4 | 0.6 | 1.0 | ADAPO (0.28 → 1.0 by iteration 6) |

@@ -153,7 +153,7 @@ def test_resumed_checkpoint_state_matches(runs) -> None:
     # the sampler's call counter drives its per-call seeds; weight_version is only a label (the resumed run
     # pushes the restored weights to the engine once more, which bumps it)
     # 4 rollouts + the iteration-0 validation + the end-of-epoch validation (a resume does not repeat the first)
-    assert a["epr"]["engine"]["calls"] == b["epr"]["engine"]["calls"] == 6
+    assert a["epr"]["engine"]["generate_calls"] == b["epr"]["engine"]["generate_calls"] == 6
     assert a["PromptDataModule"] == b["PromptDataModule"] == {"sampler": {"drawn": 4}}  # data position
     assert set(a["epr"]["rng"]) == set(b["epr"]["rng"]) >= {"python", "numpy", "torch"}
     for key, tensor in a["state_dict"].items():

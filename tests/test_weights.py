@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 
+from epr_lightning.hf_weights import hf_name
 from epr_lightning.rollout.weights import (
     FlatBucket,
     flatten_bucket,
-    hf_name,
     iter_buckets,
     iter_hf_weights,
     save_hf_folder,

@@ -124,7 +124,7 @@ def test_chat_template_kwargs_and_message_prompts_reach_the_template(tmp_path: P
             {"role": "user", "content": "c"}]  # fmt: skip
     examples = [Example(id="1", prompt="x"), Example(id="2", prompt="c", messages=chat)]
     kept = module.admit_prompts(examples)
-    texts = [module.tokenizer.decode(e.meta["_prompt_ids"]) for e in kept]
+    texts = [module.tokenizer.decode(ids) for ids in kept.ids]
     assert texts == [
         "[no-think]<user>x<assistant>",
         "[no-think]<system>S<user>a<assistant>b<user>c<assistant>",

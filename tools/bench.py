@@ -109,8 +109,7 @@ def bench_step(
     trainer.fit(module, datamodule=data)
 
     # Raw baselines on the same prompts and the same policy, same sampling settings.
-    examples = module.admit_prompts(timer.last_batch)
-    prompt_ids = [e.meta["_prompt_ids"] for e in examples]
+    prompt_ids = module.admit_prompts(timer.last_batch).ids
     rollout = module.engine.generate(prompt_ids, module.sampling, generations, model=module.policy)
     tokens = rollout.to_batch(module.pad_id)
     policy_model = module.policy

@@ -111,7 +111,7 @@ class SGLangServerEngine(RolloutEngine):
         self.group_name = "epr_weight_sync"
         self.weight_version = 0
         self.rank = 0
-        self._calls = 0
+        self.generate_calls = 0
         self._group_ready = False
         self._tmp_dir: str | None = None
         self._sleep = time.sleep
@@ -152,14 +152,6 @@ class SGLangServerEngine(RolloutEngine):
             for url in self.urls:
                 self.request(url, "/health_generate", method="GET")
 
-    def state_dict(self) -> dict[str, int]:
-        """Saved in the trainer checkpoint so a resumed run continues versions and sampling seeds."""
-        return {"weight_version": self.weight_version, "generate_calls": self._calls}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.weight_version = int(state["weight_version"])
-        self._calls = int(state["generate_calls"])
-
     def shutdown(self) -> None:
         if self._group_ready and self.rank == 0:
             for url in self.urls:
@@ -185,9 +177,15 @@ class SGLangServerEngine(RolloutEngine):
         model: torch.nn.Module | None = None,
     ) -> Rollout:
         inputs, sps = build_requests(
-            prompt_ids, num_samples, params, self.tokenizer, self.rank, self._calls, self.send_sampling_seed
+            prompt_ids,
+            num_samples,
+            params,
+            self.tokenizer,
+            self.rank,
+            self.generate_calls,
+            self.send_sampling_seed,
         )
-        self._calls += 1
+        self.generate_calls += 1
         targets = [self.router_url] if self.router_url else self.urls
 
         def post(url: str, idx: list[int]) -> list[dict[str, Any]]:
