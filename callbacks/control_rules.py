@@ -8,7 +8,7 @@
 
 ``entropy_direction`` is the shared sign (+1 raise, −1 lower, 0 inside the tolerance band) and
 ``iteration_entropy`` the all-reduced token-mean entropy of π_old the controllers feed into these rules.
-The Callback classes that apply them live in ``controllers.py`` (which re-exports these names).
+The Callback classes that apply them live in ``controllers.py``.
 """
 
 from __future__ import annotations

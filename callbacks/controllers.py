@@ -7,7 +7,7 @@
 | ``AdaptiveEntropyBonus`` | coef of ``EntropyBonus`` | ``adaptive_bonus_step``: ±δ within [min, max] (Skywork-OR1) |
 
 The pure rules (and ``iteration_entropy``) live in ``control_rules.py``, the shared plumbing (timing, state,
-saturation warning) in ``controller_base.py``; both are re-exported here.
+saturation warning) in ``controller_base.py``.
 """
 
 from __future__ import annotations
@@ -20,25 +20,10 @@ from .control_rules import (
     InitialSource,
     adaptive_bonus_step,
     clip_higher_step,
-    entropy_direction,
-    iteration_entropy,
     zeta_step,
 )
 from .controller_base import EntropyController, _positive
 from .targets import EntropyTarget
-
-__all__ = [
-    "AdaptiveEntropyBonus",
-    "ClipHigherController",
-    "EntropyController",
-    "EntropySource",
-    "REPOZetaController",
-    "adaptive_bonus_step",
-    "clip_higher_step",
-    "entropy_direction",
-    "iteration_entropy",
-    "zeta_step",
-]
 
 
 class REPOZetaController(EntropyController):

@@ -31,7 +31,7 @@ from epr_lightning.objectives.theory import sampled_entropy_covariance
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import TokenBatch
 
-from ._logging import get_record, log_scalars
+from ._logging import due_record, log_scalars
 
 
 def signed_covariances(
@@ -121,8 +121,8 @@ class EntropyDynamics(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n != 0:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         values = self.measure(pl_module, record)
         pred, meas = values["dynamics/predicted_dH"], values["dynamics/measured_dH"]

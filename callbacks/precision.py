@@ -27,7 +27,7 @@ from torch import Tensor
 
 from epr_lightning.metrics import all_reduce
 
-from ._logging import get_record, log_scalars
+from ._logging import due_record, log_scalars
 
 
 def logprob_gap_stats(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -107,8 +107,8 @@ class PrecisionAudit(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         values = self.audit(
             record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device

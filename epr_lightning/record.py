@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from epr_lightning.objectives.base import masked_mean
+
 
 @dataclass
 class StepRecord:
@@ -57,10 +59,8 @@ class StepRecord:
 
     def token_mean_entropy(self) -> float:
         """Exact token-mean entropy of π_old over completion tokens."""
-        m = self.loss_mask
-        return float((self.entropy * m).sum() / m.sum().clamp_min(1.0))
+        return float(masked_mean(self.entropy, self.loss_mask))
 
     def mc_entropy(self) -> float:
         """Monte-Carlo entropy estimate: mean −log π_old of the sampled completion tokens."""
-        m = self.loss_mask
-        return float((-self.old_logp * m).sum() / m.sum().clamp_min(1.0))
+        return float(masked_mean(-self.old_logp, self.loss_mask))

@@ -7,6 +7,7 @@ from typing import Any
 
 from epr_lightning.logprobs import PolicyPass
 from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
+from epr_lightning.objectives.base import masked_mean
 from epr_lightning.rollout.base import Rollout, TokenBatch
 from epr_lightning.tasks.scoring import RolloutScores
 
@@ -27,7 +28,7 @@ def validation_metrics(
     mask, rewards, correct, answers = tokens.loss_mask, scores.rewards, scores.correct, scores.answers
     out: dict[str, float] = {
         "reward_mean": float(rewards.mean()),
-        "entropy": float((old.entropy * mask).sum() / mask.sum().clamp_min(1.0)),
+        "entropy": float(masked_mean(old.entropy, mask)),
         "completion_len": float(mask.sum(dim=1).float().mean()),
     }
     groups_correct = group_by(correct.tolist(), rollout.group_index)

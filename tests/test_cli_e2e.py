@@ -27,19 +27,21 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+def tiny_args(command: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        command,
+        "--config",
+        str(ROOT / "configs/tiny_cpu.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
+
+
 def fit_tiny(tmp_path: Path, *extra: str) -> Path:
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/tiny_cpu.yaml"),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "runs"),
-            *extra,
-        ]
-    )
+    main(tiny_args("fit", tmp_path, *extra))
     return tmp_path / "runs"
 
 
@@ -125,17 +127,7 @@ def test_first_on_policy_ratio_is_exactly_one(tmp_path):
 
 
 def test_validate_subcommand(tmp_path):
-    main(
-        [
-            "validate",
-            "--config",
-            str(ROOT / "configs/tiny_cpu.yaml"),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "runs"),
-        ]
-    )
+    main(tiny_args("validate", tmp_path))
     values = scalars(tmp_path / "runs")
     assert {"val/pass@1", "val/reward_mean", "val/entropy", "val/distinct_2"} <= set(values)
 

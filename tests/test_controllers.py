@@ -15,7 +15,7 @@ from epr_lightning.callbacks import (
     entropy_direction,
     zeta_step,
 )
-from epr_lightning.callbacks.controllers import iteration_entropy
+from epr_lightning.callbacks.control_rules import iteration_entropy
 
 from epr_lightning.objectives import REPO, REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss
 from epr_lightning.record import StepRecord

@@ -10,7 +10,7 @@ import torch
 
 from epr_lightning.rollout.base import SamplingParams
 from epr_lightning.rollout.sglang import SGLangEngine
-from epr_lightning.testing.fake_sglang import fake_sglang_module
+from epr_lightning.testing.fake_sglang_module import fake_sglang_module
 from epr_lightning.tiny import char_tokenizer, tiny_causal_lm
 
 

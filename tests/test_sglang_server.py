@@ -302,7 +302,7 @@ def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:
     import subprocess
     import sys
 
-    from epr_lightning.rollout.sglang_server import TorchBroadcaster
+    from epr_lightning.rollout.sglang_sync import TorchBroadcaster
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,8 +67,7 @@ class EntropyBonus(LossTerm):
         }
         return LossOutput(loss=per_token, metrics=metrics)
 
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef} if self.target is None else {"coef": self.coef, "target": self.target}
+    coefficient_names = ("coef", "target")
 
 
 class KLPenalty(LossTerm):
@@ -93,5 +92,4 @@ class KLPenalty(LossTerm):
         kl = kl_estimate(batch.logp, batch.ref_logp, self.estimator)
         return LossOutput(loss=self.coef * kl, metrics={"kl_ref": masked_mean(kl.detach(), batch.mask)})
 
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
+    coefficient_names = ("coef",)

@@ -44,17 +44,6 @@ def clip_masks(
     return upper.to(mask.dtype), lower.to(mask.dtype)
 
 
-def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """Schulman's k3 estimator of KL(π‖π_ref) from samples of π: e^{ref−logp} − (ref−logp) − 1 ≥ 0."""
-    d = ref_logp - logp
-    return d.exp() - d - 1.0
-
-
-def tis_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
-    """Truncated importance weight min(π_old/π_sampler, C), detached."""
-    return (old_logp.float() - sampler_logp.float()).exp().clamp_max(cap).detach()
-
-
 def token_covariance(adv: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
     """Cui et al.'s per-token centred covariance (A − mean A)·(log π − mean log π), means over masked tokens.
 
@@ -171,8 +160,7 @@ class PPOClipLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    def state_dict(self) -> dict[str, float]:
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+    coefficient_names = ("eps_low", "eps_high")
 
 
 class GSPOLoss(PolicyLoss):
@@ -217,8 +205,7 @@ class GSPOLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    def state_dict(self) -> dict[str, float]:
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+    coefficient_names = ("eps_low", "eps_high")
 
 
 class REINFORCELoss(PolicyLoss):
@@ -361,5 +348,4 @@ class KLCovLoss(_CovWrapper):
         stats = dict(out.token_stats, cov_kl=chosen)
         return LossOutput(loss=out.loss + penalty, metrics=metrics, token_stats=stats)
 
-    def state_dict(self) -> dict[str, float]:
-        return {"kl_coef": self.kl_coef}
+    coefficient_names = ("kl_coef",)

@@ -75,10 +75,6 @@ class Objective:
 
     # -- what the module must compute for us ---------------------------------------------------------
     @property
-    def needs_entropy(self) -> bool:
-        return any(t.needs_entropy for t in self.transforms) or self.needs_entropy_grad
-
-    @property
     def needs_entropy_grad(self) -> bool:
         return any(t.needs_entropy_grad for t in self.terms)
 

@@ -116,8 +116,7 @@ class REPO(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"beta": self.beta}
+    coefficient_names = ("beta",)
 
 
 class REPOR(AdvantageTransform):
@@ -155,8 +154,7 @@ class REPOR(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"zeta": self.zeta}
+    coefficient_names = ("zeta",)
 
 
 class REPOD(AdvantageTransform):
@@ -199,5 +197,4 @@ class REPOD(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"zeta": self.zeta}
+    coefficient_names = ("zeta",)

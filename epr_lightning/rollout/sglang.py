@@ -64,6 +64,23 @@ def build_requests(
     return inputs, [sglang_sampling_params(params, stops, s if send_seed else None) for s in seeds]
 
 
+def next_requests(
+    engine: Any, prompt_ids: list[list[int]], num_samples: int, params: SamplingParams
+) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """:func:`build_requests` for an SGLang engine's next ``generate`` call (advances its ``generate_calls``)."""
+    requests = build_requests(
+        prompt_ids,
+        num_samples,
+        params,
+        engine.tokenizer,
+        engine.rank,
+        engine.generate_calls,
+        engine.send_sampling_seed,
+    )
+    engine.generate_calls += 1
+    return requests
+
+
 def sglang_sampling_params(
     params: SamplingParams, stop_token_ids: list[int], seed: int | None
 ) -> dict[str, Any]:
@@ -323,16 +340,7 @@ class SGLangEngine(RolloutEngine):
         engine = self._require_engine()
         if self._asleep:
             raise RuntimeError("SGLangEngine.generate called while asleep; call wake_up() first")
-        inputs, sps = build_requests(
-            prompt_ids,
-            num_samples,
-            params,
-            self.tokenizer,
-            self.rank,
-            self.generate_calls,
-            self.send_sampling_seed,
-        )
-        self.generate_calls += 1
+        inputs, sps = next_requests(self, prompt_ids, num_samples, params)
 
         def submit(idx: list[int]) -> list[dict[str, Any]]:
             out = engine.generate(

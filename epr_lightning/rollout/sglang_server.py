@@ -14,7 +14,7 @@ Weight sync (trainer rank 0 talks to the servers; every rank gathers, since DTen
   (sglang ≤ 0.5.20); any other rejection of begin fails closed (nothing is pushed).
 
 The retrying JSON client is ``sglang_http.py`` (``SGLangHTTPError``), the trainer side of the weight-update
-group ``sglang_sync.py`` (``TorchBroadcaster``); both are re-exported here.
+group ``sglang_sync.py`` (``TorchBroadcaster``).
 """
 
 from __future__ import annotations
@@ -31,18 +31,10 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
-from epr_lightning.rollout.sglang import build_requests, build_rollout, generate_with_resubmit
+from epr_lightning.rollout.sglang import build_rollout, generate_with_resubmit, next_requests
 from epr_lightning.rollout.sglang_http import SGLangHTTPError, request_json
-from epr_lightning.rollout.sglang_sync import TorchBroadcaster, init_custom_process_group
+from epr_lightning.rollout.sglang_sync import TorchBroadcaster
 from epr_lightning.rollout.weights import dtype_name, iter_buckets, iter_hf_weights, save_hf_folder
-
-__all__ = [
-    "SGLangHTTPError",
-    "SGLangServerEngine",
-    "TorchBroadcaster",
-    "init_custom_process_group",
-    "request_json",
-]
 
 
 class SGLangServerEngine(RolloutEngine):
@@ -176,16 +168,7 @@ class SGLangServerEngine(RolloutEngine):
         *,
         model: torch.nn.Module | None = None,
     ) -> Rollout:
-        inputs, sps = build_requests(
-            prompt_ids,
-            num_samples,
-            params,
-            self.tokenizer,
-            self.rank,
-            self.generate_calls,
-            self.send_sampling_seed,
-        )
-        self.generate_calls += 1
+        inputs, sps = next_requests(self, prompt_ids, num_samples, params)
         targets = [self.router_url] if self.router_url else self.urls
 
         def post(url: str, idx: list[int]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Trainer side of SGLang's ``"distributed"`` weight sync: the weight-update process group and broadcaster.
 
-``SGLangServerEngine`` (``sglang_server.py``, which re-exports these names) asks the servers to
+``SGLangServerEngine`` (``sglang_server.py``) asks the servers to
 ``init_weights_update_group`` while ``TorchBroadcaster.join`` enters the same group as rank 0; each bucket's
 tensors are then sent with ``TorchBroadcaster.broadcast``.
 """

@@ -6,7 +6,7 @@ The evaluator never calls ``eval``/``exec``: it is a recursive-descent parser ov
 exponentiation (``**`` is a syntax error), overlong input, deep nesting, long literals and huge intermediate
 values, so every call finishes in time bounded by ``max_len``.
 
-Used by ``answers.py`` (which re-exports these names), ``arithmetic.py`` and ``countdown.py``.
+Used by ``answers.py``, ``arithmetic.py`` and ``countdown.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ What is not: no KV cache, no batching across requests, no NCCL (``/update_weight
 takes its tensors from :meth:`FakeSGLangServer.broadcast_sink` instead of a process group).
 
 This file holds the HTTP server; the model behind both fakes is ``fake_sglang_backend.py`` (``TinyBackend``)
-and the in-process module ``fake_sglang_module.py``; both names are re-exported here.
+and the in-process module ``fake_sglang_module.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.weights import dtype_from_name
-from epr_lightning.testing.fake_sglang_backend import TinyBackend, backend_from
-from epr_lightning.testing.fake_sglang_module import fake_sglang_module
-
-__all__ = ["FakeSGLangServer", "TinyBackend", "fake_sglang_module"]
+from epr_lightning.testing.fake_sglang_backend import backend_from
 
 
 class FakeSGLangServer:

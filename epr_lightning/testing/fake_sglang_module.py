@@ -5,7 +5,6 @@ backed by :class:`~epr_lightning.testing.fake_sglang_backend.TinyBackend`. Injec
 Faithful to sglang 0.5.x as far as ``SGLangEngine`` uses it: batched token-in/token-out ``generate`` with
 per-sample sampling params, tensor weight updates refused outside ``begin_weight_update``/
 ``end_weight_update`` (0.5.21+; absent with ``transactional=False``), and memory release/resume by tag.
-``fake_sglang.py`` re-exports ``fake_sglang_module``.
 """
 
 from __future__ import annotations
