@@ -15,7 +15,6 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
 from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
@@ -30,7 +29,7 @@ from epr_lightning.models import (
 )
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
-from epr_lightning.record import StepRecord
+from epr_lightning.record import StepRecord, build_record
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
@@ -176,9 +175,8 @@ class RLModule(pl.LightningModule):
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
-        self.initial_validation: dict[
-            str, float
-        ] = {}  # val/ metrics before the first update (not checkpointed)
+        # val/ metrics before the first update (not checkpointed)
+        self.initial_validation: dict[str, float] = {}
         if init_weights is not None and not Path(init_weights).expanduser().is_file():
             raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
         self.init_weights = init_weights
@@ -252,7 +250,9 @@ class RLModule(pl.LightningModule):
             tokens, seq_adv, iteration=self.iteration, optim=self.optimization(), reference=self.reference
         )
         self.engine.push_weights(self.built_policy)
-        record = self.make_record(prompts.examples, rollout, tokens, scores, seq_adv, stats)
+        record = build_record(
+            self.iteration, prompts.examples, rollout, tokens, scores, seq_adv, stats, self.num_generations
+        )
         self.log_iteration(record, rollout, stats, len(prompts.examples))
         self.iteration += 1
         return {"record": record}
@@ -360,45 +360,6 @@ class RLModule(pl.LightningModule):
                 fp32_head=self.fp32_lm_head,
                 logprob_dtype=self.logprob_dtype,
             )
-
-    def make_record(
-        self,
-        examples: list[Example],
-        rollout: Rollout,
-        tokens: TokenBatch,
-        scores: RolloutScores,
-        seq_adv: Tensor,
-        stats: UpdateStats,
-    ) -> StepRecord:
-        def cpu(t: Tensor) -> Tensor:
-            return t.detach().float().cpu()
-
-        def cpu_or_none(t: Tensor | None) -> Tensor | None:
-            return None if t is None else cpu(t)
-
-        return StepRecord(
-            iteration=self.iteration,
-            input_ids=tokens.input_ids.cpu(),
-            loss_mask=tokens.loss_mask.cpu(),
-            group_index=tokens.group_index.cpu(),
-            rewards=scores.rewards.cpu(),
-            correct=scores.correct.cpu(),
-            seq_advantages=cpu(seq_adv),
-            token_advantages=cpu(stats.token_advantages),
-            entropy=cpu(stats.old.entropy),
-            old_logp=cpu(stats.old.logp),
-            collision=cpu_or_none(stats.old.collision),
-            sampler_logp=tokens.sampler_logprobs.cpu(),
-            clip_upper=cpu_or_none(stats.clip_upper),
-            clip_lower=cpu_or_none(stats.clip_lower),
-            prompts=[e.prompt for e in examples],
-            completions=rollout.completion_text,
-            answers=scores.answers,
-            num_prompts=len(examples),
-            num_generations=self.num_generations,
-            reward_errors=scores.failures,
-            metrics={k: float(v) for k, v in stats.metrics.items()},
-        )
 
     def log_iteration(
         self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int
