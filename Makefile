@@ -1,13 +1,13 @@
 # Two commands do everything on a fresh machine (each sets up the virtualenv idempotently first):
 #   make demo   — RL on the packaged SmolLM2-135M-Instruct, CPU, a few minutes; TensorBoard logs in runs/demo
-#   make test   — the test suite (what CI runs)
+#   make test   — the test suite; make lint / make typecheck — ruff and mypy (make check: all three, what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-all bench plots tensorboard clean gpu-check
+.PHONY: setup demo test test-all lint typecheck check bench plots tensorboard clean gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# ruff (lint rules and formatting, configured in pyproject.toml) and mypy on the package
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: setup
+	$(PY) -m mypy
+
+# what CI runs
+check: lint typecheck test
 
 test-all: setup
 	$(PY) -m pytest -q

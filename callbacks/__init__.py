@@ -1,16 +1,9 @@
 """Lightning callbacks: entropy tracking, targets, controllers, dynamics, diversity, precision audit, samples
 and graceful stop (installed as ``epr_lightning.callbacks``)."""
 
-from .controllers import (
-    AdaptiveEntropyBonus,
-    ClipHigherController,
-    EntropyController,
-    REPOZetaController,
-    adaptive_bonus_step,
-    clip_higher_step,
-    entropy_direction,
-    zeta_step,
-)
+from .control_rules import adaptive_bonus_step, clip_higher_step, entropy_direction, zeta_step
+from .controller_base import EntropyController
+from .controllers import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
 from .diversity import DiversityMonitor
 from .dynamics import EntropyDynamics
 from .entropy import EntropyTracker

@@ -19,6 +19,12 @@ def get_record(outputs: Any) -> StepRecord | None:
     return None
 
 
+def due_record(outputs: Any, every_n: int) -> StepRecord | None:
+    """The ``StepRecord`` of this iteration when its index is a multiple of ``every_n``, else None."""
+    record = get_record(outputs)
+    return None if record is None or record.iteration % every_n else record
+
+
 def logged_by_module(trainer: pl.Trainer, record: StepRecord, name: str) -> bool:
     """True when the module already logged ``name`` this iteration (so a callback must not log it twice).
 

@@ -2,13 +2,13 @@
 
 | Rule | Used by | Step |
 |---|---|---|
-| ``zeta_step`` | ``REPOZetaController`` | double/halve ζ on a signed log scale (paper.md §5) |
+| ``zeta_step`` | ``REPOZetaController`` | double/halve ζ on a signed log scale (docs/methods.md §6.1) |
 | ``clip_higher_step`` | ``ClipHigherController`` (ADAPO) | ε_high ×κ^{±1} within [ε_low, max] [X] |
 | ``adaptive_bonus_step`` | ``AdaptiveEntropyBonus`` | coef ±δ within [min, max] (Skywork-OR1) |
 
 ``entropy_direction`` is the shared sign (+1 raise, −1 lower, 0 inside the tolerance band) and
 ``iteration_entropy`` the all-reduced token-mean entropy of π_old the controllers feed into these rules.
-The Callback classes that apply them live in ``controllers.py`` (which re-exports these names).
+The Callback classes that apply them live in ``controllers.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> 
 def zeta_step(
     zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0
 ) -> float:
-    """The ζ controller rule of paper.md §5 (doubling/halving on a signed log scale).
+    """The ζ controller rule of docs/methods.md §6.1 (doubling/halving on a signed log scale).
 
     Below target: ζ > 0 doubles (capped at ζ_max); ζ = 0 starts at +ζ_min; ζ < 0 halves, and a halving that
     would land inside (−ζ_min, ζ_min) flips to +ζ_min. Above target: the mirror image toward −ζ_max.
@@ -64,7 +64,7 @@ def clip_higher_step(
     kappa: float = 1.25,
     tolerance: float = 0.0,
 ) -> float:
-    """[X] ADAPO, our design (paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, ε_high_max).
+    """[X] ADAPO, our design (docs/methods.md §6.2): ε_high ← clip(ε_high·κ^{±1}, ε_low, ε_high_max).
 
     κ when entropy is below target (a looser upper clip lets rare tokens with A > 0 grow), 1/κ when above.
     """

@@ -1,6 +1,6 @@
 """``EntropyController``: the plumbing every entropy controller shares (``controllers.py`` has the three).
 
-Timing (paper.md §5): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
+Timing (docs/methods.md §6): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
 ``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
 record (before any update). The new coefficient is written into the objective piece and is used from the next
 iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any
+from typing import Any, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -58,14 +58,14 @@ class EntropyController(Callback):
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
     ) -> None:
-        if initial_entropy_from not in InitialSource.__args__:
+        if initial_entropy_from not in get_args(InitialSource):
             raise ValueError(
-                f"initial_entropy_from must be one of {InitialSource.__args__}, got {initial_entropy_from!r}"
+                f"initial_entropy_from must be one of {get_args(InitialSource)}, got {initial_entropy_from!r}"
             )
         self.initial_entropy_from = initial_entropy_from
-        if entropy_source not in EntropySource.__args__:
+        if entropy_source not in get_args(EntropySource):
             raise ValueError(
-                f"entropy_source must be one of {EntropySource.__args__}, got {entropy_source!r}"
+                f"entropy_source must be one of {get_args(EntropySource)}, got {entropy_source!r}"
             )
         if not (math.isfinite(float(tolerance)) and tolerance >= 0):
             raise ValueError(f"tolerance must be a finite number >= 0 (relative to H*), got {tolerance!r}")
@@ -111,6 +111,13 @@ class EntropyController(Callback):
     def limit(self, direction: int) -> tuple[float, str]:
         """(bound, the argument that sets it): where the coefficient ends up after pushing entropy in
         ``direction`` (+1 raise, −1 lower) as far as the controller can."""
+
+    @property
+    def current_coef(self) -> float:
+        """The coefficient (set from the objective in ``on_train_start``)."""
+        if self.coef is None:
+            raise RuntimeError(f"{type(self).__name__} has no coefficient before on_train_start")
+        return self.coef
 
     # -- naming and state -----------------------------------------------------------------------------
     @property
@@ -168,7 +175,7 @@ class EntropyController(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         current = float(getattr(self._piece, self._attr))
-        if self._restored:
+        if self._restored and self.coef is not None:
             if not math.isclose(current, self.coef, rel_tol=1e-9, abs_tol=1e-12):
                 rank_zero_warn(
                     f"{type(self).__name__}: restored {self.coef_name}={self.coef!r} differs from the objective's "
@@ -195,7 +202,7 @@ class EntropyController(Callback):
                 )
             self.initial_entropy = self.measure_initial_entropy(pl_module, h)
         target = float(self.target.value(record.iteration, self.initial_entropy))
-        self.coef = float(self.rule(self.coef, h, target))
+        self.coef = float(self.rule(self.current_coef, h, target))
         setattr(self._piece, self._attr, self.coef)
         self.publish_target(target)
         self.updates += 1
@@ -227,7 +234,7 @@ class EntropyController(Callback):
         """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""
         direction = entropy_direction(entropy, target, self.tolerance)
         bound, arg = self.limit(direction) if direction else (math.nan, "")
-        at_bound = direction != 0 and math.isclose(self.coef, bound, rel_tol=1e-9, abs_tol=1e-12)
+        at_bound = direction != 0 and math.isclose(self.current_coef, bound, rel_tol=1e-9, abs_tol=1e-12)
         self.saturated_iterations = self.saturated_iterations + 1 if at_bound else 0
         if self.saturation_patience and self.saturated_iterations == self.saturation_patience:
             side = "below" if direction > 0 else "above"

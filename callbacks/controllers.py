@@ -2,12 +2,12 @@
 
 | Controller | Adapts | Rule (pure function) |
 |---|---|---|
-| ``REPOZetaController`` | ζ of ``REPOR``/``REPOD`` (β of ``REPO``) | ``zeta_step``: double/halve on a signed log scale (paper.md §5) |
+| ``REPOZetaController`` | ζ of ``REPOR``/``REPOD`` (β of ``REPO``) | ``zeta_step``: double/halve on a signed log scale (docs/methods.md §6.1) |
 | ``ClipHigherController`` (ADAPO) | ε_high of ``PPOClipLoss``/``GSPOLoss`` | ``clip_higher_step``: ×κ^{±1} within [ε_low, max] [X] |
 | ``AdaptiveEntropyBonus`` | coef of ``EntropyBonus`` | ``adaptive_bonus_step``: ±δ within [min, max] (Skywork-OR1) |
 
 The pure rules (and ``iteration_entropy``) live in ``control_rules.py``, the shared plumbing (timing, state,
-saturation warning) in ``controller_base.py``; both are re-exported here.
+saturation warning) in ``controller_base.py``.
 """
 
 from __future__ import annotations
@@ -20,29 +20,14 @@ from .control_rules import (
     InitialSource,
     adaptive_bonus_step,
     clip_higher_step,
-    entropy_direction,
-    iteration_entropy,
     zeta_step,
 )
 from .controller_base import EntropyController, _positive
 from .targets import EntropyTarget
 
-__all__ = [
-    "AdaptiveEntropyBonus",
-    "ClipHigherController",
-    "EntropyController",
-    "EntropySource",
-    "REPOZetaController",
-    "adaptive_bonus_step",
-    "clip_higher_step",
-    "entropy_direction",
-    "iteration_entropy",
-    "zeta_step",
-]
-
 
 class REPOZetaController(EntropyController):
-    """The REPO ζ controller (paper.md §5): entropy below H* doubles ζ, above halves it, on a signed log scale.
+    """The REPO ζ controller (docs/methods.md §6.1): entropy below H* doubles ζ, above halves it, on a signed log scale.
 
     Adapts ``REPOR.zeta`` or ``REPOD.zeta`` (the REPO-D YAML uses bounds [1e-3, 10]); on a general ``REPO``
     transform it adapts ``beta`` with the same rule (our extension [X]; set bounds in β's units).
@@ -111,7 +96,7 @@ class REPOZetaController(EntropyController):
 
 
 class ClipHigherController(EntropyController):
-    """ADAPO [X] (our design, paper.md §6): ε_high ← clip(ε_high·κ^{±1}, ε_low, eps_high_max) once per iteration.
+    """ADAPO [X] (our design, docs/methods.md §6.2): ε_high ← clip(ε_high·κ^{±1}, ε_low, eps_high_max) once per iteration.
 
     Raises ε_high while entropy is below H*, lowers it while above. Adapts ``PPOClipLoss`` or ``GSPOLoss``
     (also when wrapped by Clip-Cov/KL-Cov); ε_low is read from that loss and stays fixed.

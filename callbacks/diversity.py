@@ -36,7 +36,7 @@ from epr_lightning.metrics import (
 )
 from epr_lightning.record import StepRecord
 
-from ._logging import get_record, log_scalars
+from ._logging import due_record, log_scalars
 
 Encoder = Callable[[list[str]], Tensor]
 
@@ -99,7 +99,7 @@ def load_sentence_encoder(name: str) -> Encoder | None:
         return None
     try:
         model = SentenceTransformer(name, local_files_only=True, device="cpu")
-    except Exception as err:  # noqa: BLE001 - any load failure means: skip this optional metric
+    except Exception as err:
         rank_zero_info(
             f"DiversityMonitor: embedding model {name!r} is not available locally ({err}); skipping."
         )
@@ -145,8 +145,8 @@ class DiversityMonitor(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         if self.metrics is None:
             ks = self.pass_k if self.pass_k is not None else tuple(range(1, record.num_generations + 1))

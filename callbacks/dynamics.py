@@ -15,7 +15,7 @@ Opt-in diagnostic (one extra no-grad forward per logged iteration). From each ``
   ``policy_pass``) minus ``record.token_mean_entropy()`` (π_old, before the update).
 - ``dynamics/sign_agreement``: running fraction of iterations where sign(predicted) == sign(measured).
 
-[X] the comparison itself is our diagnostic (paper.md §10), not the paper's.
+[X] the comparison itself is our diagnostic (docs/methods.md §1), not the paper's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from epr_lightning.objectives.theory import sampled_entropy_covariance
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import TokenBatch
 
-from ._logging import get_record, log_scalars
+from ._logging import due_record, log_scalars
 
 
 def signed_covariances(
@@ -97,7 +97,9 @@ class EntropyDynamics(pl.Callback):
         """All ``dynamics/…`` values for one record (the module must provide ``policy_pass``)."""
         rows = slice(None) if self.max_rows is None else slice(0, self.max_rows)
         if record.collision is None:
-            raise ValueError("EntropyDynamics needs StepRecord.collision (S per position); the module records it")
+            raise ValueError(
+                "EntropyDynamics needs StepRecord.collision (S per position); the module records it"
+            )
         logp, ent, col = record.old_logp[rows], record.entropy[rows], record.collision[rows]
         adv, mask = record.token_advantages[rows], record.loss_mask[rows]
         cov, cov_pos, cov_neg = signed_covariances(logp, ent, adv, mask, col)
@@ -119,8 +121,8 @@ class EntropyDynamics(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n != 0:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         values = self.measure(pl_module, record)
         pred, meas = values["dynamics/predicted_dH"], values["dynamics/measured_dH"]

@@ -62,9 +62,10 @@ def entropy_sums(
     h = entropy.double()[m]
     pos = completion_positions(loss_mask)[m]
     fork = float((h > forking_threshold).sum()) if forking_threshold is not None else 0.0
-    edges = list(position_buckets) + [None]
+    starts = list(position_buckets)
+    ends: list[int | None] = [*starts[1:], None]
     b_sum, b_cnt = [], []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in zip(starts, ends, strict=True):
         sel = (pos >= a) & (pos < b) if b is not None else pos >= a
         b_sum.append(float(h[sel].sum()))
         b_cnt.append(float(sel.sum()))

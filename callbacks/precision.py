@@ -6,7 +6,7 @@ From a ``StepRecord`` (completion tokens only, ``loss_mask``):
 - ``precision/kl_k3``: KL(π_sampler ‖ π_old) by the k3 estimator on the sampled tokens,
   k3 = (r − 1) − log r with r = π_old/π_sampler = exp(old − sampler) (unbiased, ≥ 0 per token);
 - ``precision/ratio_max|min``: extremes of r = exp(old − sampler);
-- ``precision/bf16_ratio_bias|absmax|exceed_eps_frac``: the bf16 rounding effect of paper.md §7 [X]. On a
+- ``precision/bf16_ratio_bias|absmax|exceed_eps_frac``: the bf16 rounding effect of docs/methods.md §9 [X]. On a
   sample of completion tokens, both fp32 log-prob tensors are rounded to bf16 and back, and
   δ = (bf16(old) − bf16(sampler)) − (old − sampler) is the log-ratio error caused by the rounding alone
   (the fp32 mismatch itself cancels). We report mean(e^δ) − 1 (the multiplicative bias of the ratio,
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from epr_lightning.metrics import all_reduce
 
-from ._logging import get_record, log_scalars
+from ._logging import due_record, log_scalars
 
 
 def logprob_gap_stats(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -107,8 +107,8 @@ class PrecisionAudit(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         values = self.audit(
             record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from epr_lightning.metrics import group_by
 from epr_lightning.record import StepRecord
 
-from ._logging import get_record, tensorboard_writer
+from ._logging import due_record, tensorboard_writer
 
 
 def _fence(text: str) -> str:
@@ -67,8 +67,8 @@ class SampleLogger(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = get_record(outputs)
-        if record is None or record.iteration % self.every_n:
+        record = due_record(outputs, self.every_n)
+        if record is None:
             return
         writer = tensorboard_writer(trainer)
         if writer is not None:

@@ -1,4 +1,4 @@
-"""Entropy targets H*(iteration) for the controllers (paper.md §5: H* defaults to the entropy at iteration 0).
+"""Entropy targets H*(iteration) for the controllers (docs/methods.md §6: H* defaults to the entropy at iteration 0).
 
 Every target answers ``value(iteration, initial_entropy)``: ``iteration`` is the rollout iteration whose
 entropy is being compared (0-based), ``initial_entropy`` the token-mean entropy measured at iteration 0 before
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Literal, get_args
 
 ScheduleKind = Literal["linear", "cosine", "constant"]
 
@@ -63,7 +63,7 @@ class FixedEntropy(EntropyTarget):
     def __init__(self, value: float) -> None:
         self.target = _finite_nonneg("FixedEntropy.value", value)
 
-    def value(self, iteration: int, initial_entropy: float) -> float:  # noqa: D102 (see base)
+    def value(self, iteration: int, initial_entropy: float) -> float:
         return self.target
 
 
@@ -82,7 +82,7 @@ def schedule_value(
         return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
     if kind == "constant":
         return start
-    raise ValueError(f"schedule kind must be one of {ScheduleKind.__args__}, got {kind!r}")
+    raise ValueError(f"schedule kind must be one of {get_args(ScheduleKind)}, got {kind!r}")
 
 
 class ScheduledEntropy(EntropyTarget):
@@ -110,8 +110,8 @@ class ScheduledEntropy(EntropyTarget):
             raise ValueError(
                 f"ScheduledEntropy.num_iterations must be an integer >= 1, got {num_iterations!r}"
             )
-        if kind not in ScheduleKind.__args__:
-            raise ValueError(f"ScheduledEntropy.kind must be one of {ScheduleKind.__args__}, got {kind!r}")
+        if kind not in get_args(ScheduleKind):
+            raise ValueError(f"ScheduledEntropy.kind must be one of {get_args(ScheduleKind)}, got {kind!r}")
         self.num_iterations = int(num_iterations)
         self.kind = kind
         self.relative = bool(relative)

@@ -96,7 +96,7 @@ def capture_rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": (
             str(kind),
-            torch.from_numpy(keys.astype(np.int64)),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             int(pos),
             int(has_gauss),
             float(cached),
@@ -194,7 +194,11 @@ class RolloutCheckpoint(ModelCheckpoint):
     def _should_save(self, trainer: pl.Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
 
-        return not (trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING)
+        return not (
+            getattr(trainer, "fast_dev_run", False)
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A resumed run logs to a new version folder, so with the default dirpath the saved paths belong to

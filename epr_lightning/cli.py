@@ -59,7 +59,7 @@ class EPRLightningCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+    def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults(
             {
                 "trainer.log_every_n_steps": 1,

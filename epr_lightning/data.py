@@ -150,7 +150,11 @@ class PromptDataModule(pl.LightningDataModule):
         assert self._train is not None
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if world > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+        if (
+            trainer is not None
+            and world > 1
+            and getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
+        ):
             raise ValueError(
                 "PromptDataModule splits each prompt batch across ranks itself: set "
                 "trainer.use_distributed_sampler=false for multi-process runs"
@@ -162,14 +166,19 @@ class PromptDataModule(pl.LightningDataModule):
             )
             if self._pending_state is not None:
                 self.sampler.load_state_dict(self._pending_state)
-        return DataLoader(ExampleDataset(self._train), batch_sampler=self.sampler, collate_fn=collate_examples)
+        return DataLoader(
+            ExampleDataset(self._train), batch_sampler=self.sampler, collate_fn=collate_examples
+        )
 
     def val_dataloader(self) -> DataLoader:
         # Not split across ranks (trainer.use_distributed_sampler=false): every rank scores all validation
         # prompts, so every rank runs the same number of (collective) validation steps.
         assert self._val is not None
         return DataLoader(
-            ExampleDataset(self._val), batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_examples
+            ExampleDataset(self._val),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            collate_fn=collate_examples,
         )
 
     def state_dict(self) -> dict[str, Any]:

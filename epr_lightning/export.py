@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from epr_lightning.lora import iter_merged_weights
+from epr_lightning.models import base_model
 from epr_lightning.rollout.weights import iter_buckets, tensor_bytes
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,7 +107,7 @@ def save_pretrained_merged(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inner = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    inner = base_model(policy)
     config = inner.config
     config.dtype = _DTYPES[dtype]
     config.save_pretrained(out)

@@ -30,7 +30,9 @@ def find_run_config(ckpt: Path) -> Path | None:
 def save_adapter(policy: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     """Write only the LoRA adapters of a peft policy (plus the tokenizer)."""
     if not hasattr(policy, "peft_config"):
-        raise ValueError("--lora adapter: the run trained no LoRA adapters (model.lora is not set); use --lora merge")
+        raise ValueError(
+            "--lora adapter: the run trained no LoRA adapters (model.lora is not set); use --lora merge"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out)
@@ -40,10 +42,20 @@ def save_adapter(policy: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 
 
 def export(
-    ckpt: str | Path, out_dir: str | Path, configs: list[str | Path], *, dtype: str = "float32", lora: str = "merge"
+    ckpt: str | Path,
+    out_dir: str | Path,
+    configs: list[str | Path],
+    *,
+    dtype: str = "float32",
+    lora: str = "merge",
 ) -> Path:
     """Checkpoint + run config → HF folder (merged weights) or LoRA adapter folder. Returns ``out_dir``."""
-    from epr_lightning.export import build_module, load_policy_weights, read_checkpoint_state, save_pretrained_merged
+    from epr_lightning.export import (
+        build_module,
+        load_policy_weights,
+        read_checkpoint_state,
+        save_pretrained_merged,
+    )
 
     module = build_module(configs)
     load_policy_weights(module, read_checkpoint_state(ckpt))
@@ -63,7 +75,10 @@ def main(argv: list[str] | None = None, prog: str = "epr-lightning export") -> i
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
-        "--lora", default="merge", choices=["merge", "adapter"], help="LoRA runs: merged weights or the adapters only"
+        "--lora",
+        default="merge",
+        choices=["merge", "adapter"],
+        help="LoRA runs: merged weights or the adapters only",
     )
     args = parser.parse_args(argv)
     configs = args.config

@@ -74,7 +74,9 @@ def summarize_run(series: dict[str, list[float]], wall_s: float = math.nan) -> d
     val_h = series.get("val/entropy", [])
     out["val_entropy_initial"] = val_h[0] if val_h else math.nan
     out["val_entropy_final"] = val_h[-1] if val_h else math.nan
-    out["entropy_change_pct"] = 100.0 * (val_h[-1] / val_h[0] - 1.0) if len(val_h) > 1 and val_h[0] else math.nan
+    out["entropy_change_pct"] = (
+        100.0 * (val_h[-1] / val_h[0] - 1.0) if len(val_h) > 1 and val_h[0] else math.nan
+    )
     ks = sorted(int(m.group(1)) for tag in series if (m := PASS_AT_K.match(tag)))
     for name, k in (("pass1", 1 if 1 in ks else None), ("passG", ks[-1] if ks else None)):
         values = series.get(f"val/pass@{k}", []) if k is not None else []
@@ -119,7 +121,9 @@ def method_table(rows: list[dict], columns: Sequence[tuple[str, str]] = TABLE_CO
     return "\n".join(lines)
 
 
-def holds_entropy(rows: list[dict], method: str, band_pct: float, baseline: str, reward_margin: float) -> dict:
+def holds_entropy(
+    rows: list[dict], method: str, band_pct: float, baseline: str, reward_margin: float
+) -> dict:
     """The core claim: ``method``'s entropy change is within ±``band_pct`` on every seed, and its final reward
     (mean over seeds) is at least ``baseline``'s mean − ``reward_margin``. Per-seed rows are returned as well."""
     by_seed = {row["seed"]: row for row in rows if row["method"] == baseline}
@@ -129,7 +133,9 @@ def holds_entropy(rows: list[dict], method: str, band_pct: float, baseline: str,
             "seed": row["seed"],
             "entropy_change_pct": row["entropy_change_pct"],
             "reward_final": row["reward_final"],
-            "baseline_reward_final": by_seed[row["seed"]]["reward_final"] if row["seed"] in by_seed else math.nan,
+            "baseline_reward_final": by_seed[row["seed"]]["reward_final"]
+            if row["seed"] in by_seed
+            else math.nan,
             "baseline_entropy_change_pct": (
                 by_seed[row["seed"]]["entropy_change_pct"] if row["seed"] in by_seed else math.nan
             ),

@@ -21,6 +21,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from epr_lightning.models import base_model
+
 LogitTransform = Callable[[Tensor], Tensor]
 
 
@@ -61,10 +63,6 @@ _RULES: dict[str, _Rule] = {
 }
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _rule(inner: torch.nn.Module) -> _Rule | None:
     for cls in type(inner).__mro__:  # subclasses of a known family (and FSDP2's dynamic classes) match too
         if cls.__name__ in _RULES:
@@ -81,7 +79,7 @@ def post_head_transform(model: torch.nn.Module) -> LogitTransform | None:
 
     Read at call time (a config edited after loading is honoured); peft wrappers are looked through.
     """
-    inner = _inner(model)
+    inner = base_model(model)
     rule = _rule(inner)
     if rule is None:
         return None
@@ -100,7 +98,7 @@ def post_head_scaling_disabled(model: torch.nn.Module) -> Iterator[None]:
     The attribute the forward reads is set to its no-op value and put back afterwards, also when the block
     raises. Models without a known rescaling are left untouched.
     """
-    inner = _inner(model)
+    inner = base_model(model)
     rule = _rule(inner)
     if rule is None:
         yield
@@ -128,7 +126,7 @@ def check_head_output_untouched(model: torch.nn.Module, returned: Tensor, expect
     if same:
         same = bool(torch.isclose(returned.detach(), expected, rtol=0.0, atol=0.0, equal_nan=True).all())
     if not same:
-        name = type(_inner(model)).__name__
+        name = type(base_model(model)).__name__
         known = ", ".join(sorted(_RULES))
         raise NotImplementedError(
             f"{name} changes its LM head's output inside forward (a post-head logit rescaling epr-lightning "

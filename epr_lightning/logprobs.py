@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,12 @@ from epr_lightning.logit_scaling import (
     post_head_scaling_disabled,
     post_head_transform,
 )
+from epr_lightning.models import base_model
 
 
-def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
     """(decoder returning hidden states, LM head) of an HF causal LM, a PEFT wrapper of one included."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     decoder = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if decoder is None or head is None:
@@ -64,19 +65,18 @@ class PolicyPass:
     collision: Tensor | None = None
     logp_fp32: Tensor | None = None
 
-    def detached(self) -> PolicyPass:
-        def d(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.detach()
+    def _map(self, f: Callable[[Tensor], Tensor]) -> PolicyPass:
+        def optional(t: Tensor | None) -> Tensor | None:
+            return None if t is None else f(t)
 
-        return PolicyPass(d(self.logp), d(self.entropy), d(self.collision), d(self.logp_fp32))
+        return PolicyPass(f(self.logp), f(self.entropy), optional(self.collision), optional(self.logp_fp32))
+
+    def detached(self) -> PolicyPass:
+        return self._map(Tensor.detach)
 
     def rows(self, rows: Tensor, width: int) -> PolicyPass:
         """The given rows, trimmed to ``width`` positions (a minibatch's view of a whole-rollout pass)."""
-
-        def r(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[rows, :width]
-
-        return PolicyPass(r(self.logp), r(self.entropy), r(self.collision), r(self.logp_fp32))
+        return self._map(lambda t: t[rows, :width])
 
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -146,8 +146,8 @@ def chunked_head_stats(
 
     ``logit_transform`` maps the fp32 logits before the temperature (a model's post-head rescaling).
     """
-    if logprob_dtype not in LogProbDType.__args__:
-        raise ValueError(f"logprob_dtype must be one of {LogProbDType.__args__}, got {logprob_dtype!r}")
+    if logprob_dtype not in get_args(LogProbDType):
+        raise ValueError(f"logprob_dtype must be one of {get_args(LogProbDType)}, got {logprob_dtype!r}")
     use_ckpt = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     fn: Callable[..., Tensor] = _head_chunk
     parts = []

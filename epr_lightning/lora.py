@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from epr_lightning.hf_weights import iter_named_full, to_full
 
 
 @dataclass
@@ -83,7 +86,7 @@ def apply_lora(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:
     return wrapped
 
 
-def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def lora_layers(model: torch.nn.Module) -> dict[str, Any]:
     """Module name → peft LoRA layer, for every adapted layer of ``model`` (empty for plain models)."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -93,12 +96,10 @@ def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def _full_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    from epr_lightning.rollout.weights import to_full
-
     return to_full(tensor.detach()).float()
 
 
-def merged_weight(layer: torch.nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+def merged_weight(layer: Any, prefix: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """``W + Σ_active scaling · B @ A`` in fp32 for the LoRA layer named ``prefix`` (tensors from ``state``).
 
     Under FSDP2 the state-dict entries are DTensors; ``.full_tensor()`` gathers them (a collective: every rank
@@ -128,26 +129,15 @@ def iter_merged_weights(
 
     Every rank must iterate to the end under FSDP2 (gathers are collectives).
     """
-    from epr_lightning.rollout.weights import hf_name, is_lora_param, to_full
-
     layers = lora_layers(model)
-    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-    state = model.state_dict()
-    with torch.no_grad():
-        for key, tensor in state.items():
-            if is_lora_param(key):
-                continue
-            name = hf_name(key)
-            if tied and name == "lm_head.weight":
-                continue
-            prefix = key[: -len(".base_layer.weight")] if key.endswith(".base_layer.weight") else None
-            if prefix is not None and prefix in layers:
-                full = merged_weight(layers[prefix], prefix, state)
-            else:
-                full = to_full(tensor.detach())
-            if dtype is not None and full.is_floating_point() and full.dtype != dtype:
-                full = full.to(dtype)
-            yield name, full
+
+    def merged(key: str, state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        prefix = key[: -len(".base_layer.weight")] if key.endswith(".base_layer.weight") else None
+        return (
+            merged_weight(layers[prefix], prefix, state) if prefix is not None and prefix in layers else None
+        )
+
+    yield from iter_named_full(model, dtype=dtype, lora_params="skip", replace=merged)
 
 
 def merged_state_dict(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

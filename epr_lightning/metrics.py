@@ -137,6 +137,8 @@ class _GroupMeanMetric(Metric):
         super().__init__(**kwargs)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("groups", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.total: Tensor
+        self.groups: Tensor
 
     def _add(self, values: Sequence[float | None]) -> None:
         kept = [float(v) for v in values if v is not None]

@@ -19,6 +19,12 @@ DType = Literal["float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def base_model(model: torch.nn.Module) -> Any:
+    """The HF model inside a PEFT wrapper (``model`` itself when unwrapped); HF models are duck-typed."""
+    unwrap = getattr(model, "get_base_model", None)
+    return unwrap() if unwrap is not None else model
+
+
 def cache_dir() -> Path:
     """Where converted models are cached (``EPR_CACHE`` or ``~/.cache/epr-lightning``)."""
     return Path(os.environ.get("EPR_CACHE", Path.home() / ".cache" / "epr-lightning"))
@@ -88,7 +94,9 @@ class HFModel(PolicySource):
             return path
         if looks_like_hub_id(self.path):
             return resolve_from_cache(self.path, self.revision)
-        raise FileNotFoundError(f"policy.path {str(path)!r} is not a local model directory (no hub downloads)")
+        raise FileNotFoundError(
+            f"policy.path {str(path)!r} is not a local model directory (no hub downloads)"
+        )
 
     def build(self) -> tuple[torch.nn.Module, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -125,7 +133,9 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
     result = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"GGUF conversion of {src}: missing {missing}, unexpected {result.unexpected_keys}")
+        raise RuntimeError(
+            f"GGUF conversion of {src}: missing {missing}, unexpected {result.unexpected_keys}"
+        )
     plain.tie_weights()
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp)
@@ -180,7 +190,7 @@ class TinyModel(PolicySource):
         vocab_size: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.kwargs = dict(
+        self.kwargs: dict[str, Any] = dict(
             arch=arch,
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,
@@ -196,7 +206,9 @@ class TinyModel(PolicySource):
 
         tok = char_tokenizer()
         vocab = max(self.vocab_size or 0, len(tok))
-        model = tiny_causal_lm(vocab, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **self.kwargs)
+        model = tiny_causal_lm(
+            vocab, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **self.kwargs
+        )
         model.train()
         return model, tok
 
@@ -236,7 +248,9 @@ def load_policy_weights(policy: torch.nn.Module, checkpoint_path: str | Path) ->
     state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
     weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
     if not weights:
-        raise ValueError(f"model.init_weights {str(path)!r} holds no policy weights (not an epr-lightning checkpoint?)")
+        raise ValueError(
+            f"model.init_weights {str(path)!r} holds no policy weights (not an epr-lightning checkpoint?)"
+        )
     result = policy.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

@@ -8,13 +8,13 @@ Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
 from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
@@ -29,15 +29,25 @@ from epr_lightning.models import (
 )
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
-from epr_lightning.record import StepRecord
+from epr_lightning.record import StepRecord, build_record
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
-from epr_lightning.training import UpdateStats, run_update, score_rollout
+from epr_lightning.tasks.scoring import RolloutScores, score_rollout
+from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings, UpdateStats
+from epr_lightning.validation import run_validation_now, validation_metrics
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
+
+
+@dataclass
+class AdmittedPrompts:
+    """The prompts of a batch that fit the context, with their token ids (chat template applied)."""
+
+    examples: list[Example]
+    ids: list[list[int]]
 
 
 class RLModule(pl.LightningModule):
@@ -116,34 +126,20 @@ class RLModule(pl.LightningModule):
         self.automatic_optimization = False
         if num_generations < 1:
             raise ValueError(f"model.num_generations must be >= 1, got {num_generations}")
-        if ppo_epochs < 1:
-            raise ValueError(f"model.ppo_epochs must be >= 1, got {ppo_epochs}")
-        if minibatch_size is not None and minibatch_size < 1:
-            raise ValueError(f"model.minibatch_size must be >= 1, got {minibatch_size}")
-        if num_minibatches is not None and num_minibatches < 1:
-            raise ValueError(f"model.num_minibatches must be >= 1, got {num_minibatches}")
-        if num_minibatches is not None and minibatch_size is not None:
-            raise ValueError(
-                f"set only one of model.num_minibatches ({num_minibatches}) and model.minibatch_size "
-                f"({minibatch_size})"
-            )
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"model.grad_clip must be > 0 or null, got {grad_clip}")
+        settings = UpdateSettings(
+            ppo_epochs, num_minibatches, minibatch_size, grad_clip, max_nonfinite_updates
+        )
         if long_prompts not in ("skip", "error"):
             raise ValueError(f"model.long_prompts must be 'skip' or 'error', got {long_prompts!r}")
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"model.max_prompt_tokens must be >= 1 or null, got {max_prompt_tokens}")
         if not reward_timeout_s > 0:
             raise ValueError(f"model.reward_timeout_s must be > 0, got {reward_timeout_s}")
-        if max_nonfinite_updates < 1:
-            raise ValueError(f"model.max_nonfinite_updates must be >= 1, got {max_nonfinite_updates}")
         self.policy_source = policy
         self.engine = engine if engine is not None else HFEngine()
         self.objective = objective if objective is not None else Objective()
         self.sampling = sampling if sampling is not None else SamplingParams()
-        if self.objective.on_policy_only and (
-            ppo_epochs > 1 or minibatch_size is not None or (num_minibatches or 1) > 1
-        ):
+        if self.objective.on_policy_only and not settings.single_step:
             raise ValueError(
                 f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1, "
                 "num_minibatches=1 (or null) and minibatch_size=null (one update per rollout)"
@@ -158,36 +154,33 @@ class RLModule(pl.LightningModule):
                 f"{type(self.objective.advantage).__name__}: {err}"
             ) from None
         self.num_generations = num_generations
-        self.ppo_epochs = ppo_epochs
-        self.num_minibatches = num_minibatches
-        self.minibatch_size = minibatch_size
+        self.policy_update = PolicyUpdate(settings, self.objective, self.policy_pass)
         self.objective.set_generation_budget(self.sampling.max_new_tokens)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.grad_clip = grad_clip
         self.logprob_chunk_size = logprob_chunk_size
         self.fp32_lm_head = fp32_lm_head
-        if logprob_dtype not in LogProbDType.__args__:
-            raise ValueError(f"model.logprob_dtype must be one of {LogProbDType.__args__}, got {logprob_dtype!r}")
+        if logprob_dtype not in get_args(LogProbDType):
+            raise ValueError(
+                f"model.logprob_dtype must be one of {get_args(LogProbDType)}, got {logprob_dtype!r}"
+            )
         self.logprob_dtype = logprob_dtype
         self.use_chat_template = use_chat_template
         self.max_prompt_tokens = max_prompt_tokens
         self.long_prompts = long_prompts
         self.reward_timeout_s = reward_timeout_s
-        self.max_nonfinite_updates = max_nonfinite_updates
         self.val_num_generations = val_num_generations or num_generations
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
-        self.initial_validation: dict[str, float] = {}  # val/ metrics before the first update (not checkpointed)
+        # val/ metrics before the first update (not checkpointed)
+        self.initial_validation: dict[str, float] = {}
         if init_weights is not None and not Path(init_weights).expanduser().is_file():
             raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
         self.init_weights = init_weights
         self.iteration = 0  # completed rollout iterations (checkpointed)
-        self.nonfinite_in_row = 0
-        self.nonfinite_total = 0
         self.skipped_prompts = 0
         self.policy: torch.nn.Module | None = None
         self._reference: list[torch.nn.Module] = []  # a list hides it from state_dict/checkpoints
@@ -204,21 +197,23 @@ class RLModule(pl.LightningModule):
         if self.policy is not None:
             return
         source = self.policy_source if self.policy_source is not None else PackagedSmolLM2()
-        self.policy, self.tokenizer = source.build()
+        policy: Any  # an HF causal LM (duck-typed)
+        policy, self.tokenizer = source.build()
+        self.policy = policy
         # stop at any EOS the tokenizer or the model's generation_config names (Qwen, Llama 3, Gemma list several)
-        stops = [*self.sampling.stop_token_ids, *eos_token_ids(self.policy, self.tokenizer)]
+        stops = [*self.sampling.stop_token_ids, *eos_token_ids(policy, self.tokenizer)]
         self.sampling.stop_token_ids = list(dict.fromkeys(stops))
         self.chat_template_kwargs = dict(getattr(source, "chat_template_kwargs", None) or {})
         if self.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            policy.gradient_checkpointing_enable()
         if self.lora is not None:
-            self.policy = apply_lora(self.policy, self.lora)
-        disable_dropout(self.policy)  # deterministic log-prob passes: ratio exactly 1 on-policy
+            self.policy = policy = apply_lora(policy, self.lora)
+        disable_dropout(policy)  # deterministic log-prob passes: ratio exactly 1 on-policy
         if self.init_weights is not None:
-            load_policy_weights(self.policy, self.init_weights)
+            load_policy_weights(policy, self.init_weights)
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
-            shard_policy(self.policy, mesh, self.fsdp)
+            shard_policy(policy, mesh, self.fsdp)
         if self.objective.needs_reference and not self._reference:
             reference, _ = source.build()
             disable_dropout(reference)
@@ -226,40 +221,74 @@ class RLModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.configure_model()
-        self.engine.setup(self.policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size)
+        self.engine.setup(
+            self.built_policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size
+        )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The objective's controllers (merged into the trainer's callbacks by Lightning)."""
         return list(self.controllers)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = [p for p in self.built_policy.parameters() if p.requires_grad]
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
+        }
 
     # ---------------------------------------------------------------- the iteration
     def training_step(self, batch: list[Example], batch_idx: int) -> dict[str, StepRecord]:
-        examples = self.admit_prompts(batch)
-        rollout = self.rollout(examples, self.num_generations)
-        rewards, correct, answers, reward_errors = self.score(examples, rollout)
+        prompts = self.admit_prompts(batch)
+        rollout = self.rollout(prompts.ids, self.num_generations)
+        scores = self.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
-        seq_adv = self.objective.sequence_advantages(rewards.to(self.device), tokens.group_index)
-        stats = run_update(self, tokens, seq_adv)
-        self.engine.push_weights(self.policy)
-        record = self.make_record(examples, rollout, tokens, rewards, correct, answers, seq_adv, stats, reward_errors)
-        self.log_iteration(record, rollout, stats, len(examples))
+        seq_adv = self.objective.sequence_advantages(scores.rewards.to(self.device), tokens.group_index)
+        stats = self.policy_update(
+            tokens, seq_adv, iteration=self.iteration, optim=self.optimization(), reference=self.reference
+        )
+        self.engine.push_weights(self.built_policy)
+        record = build_record(
+            self.iteration, prompts.examples, rollout, tokens, scores, seq_adv, stats, self.num_generations
+        )
+        self.log_iteration(record, rollout, stats, len(prompts.examples))
         self.iteration += 1
         return {"record": record}
 
     # ---------------------------------------------------------------- stages
     @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+    def built_policy(self) -> torch.nn.Module:
+        """The policy (built by ``configure_model``, which Lightning calls before fit and validate)."""
+        if self.policy is None:
+            raise RuntimeError("RLModule.policy is built in configure_model; it has not run yet")
+        return self.policy
 
-    def admit_prompts(self, examples: list[Example]) -> list[Example]:
-        """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; cache their token ids."""
+    @property
+    def nonfinite_total(self) -> int:
+        """Optimizer steps skipped for a non-finite loss or gradient (checkpointed)."""
+        return self.policy_update.guard.total
+
+    def optimization(self) -> Optimization:
+        """Lightning's optimizer and scheduler and the manual backward, for the update's optimizer steps."""
+        return Optimization(
+            optimizer=self.optimizers(),
+            scheduler=self.lr_schedulers(),
+            backward=self.manual_backward,
+            params=list(self.built_policy.parameters()),
+        )
+
+    @property
+    def pad_id(self) -> int:
+        return (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+
+    def admit_prompts(self, examples: list[Example]) -> AdmittedPrompts:
+        """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; the rest with their token ids."""
         system = getattr(self.task, "system_prompt", None)
         ids = encode_prompts(
             self.tokenizer,
@@ -269,7 +298,7 @@ class RLModule(pl.LightningModule):
             getattr(self, "chat_template_kwargs", None),
         )
         limit, where = self.prompt_token_limit()
-        kept = []
+        kept = AdmittedPrompts([], [])
         for ex, p in zip(examples, ids, strict=True):
             if not ex.prompt.strip():
                 raise ValueError(f"example {ex.id!r} has an empty prompt")
@@ -278,9 +307,9 @@ class RLModule(pl.LightningModule):
                     raise ValueError(f"example {ex.id!r}: prompt has {len(p)} tokens > {where}")
                 self.skipped_prompts += 1
                 continue
-            ex.meta["_prompt_ids"] = p
-            kept.append(ex)
-        if not kept:
+            kept.examples.append(ex)
+            kept.ids.append(p)
+        if not kept.examples:
             raise ValueError(f"every prompt of this batch was longer than {where}")
         return kept
 
@@ -298,11 +327,9 @@ class RLModule(pl.LightningModule):
         )
 
     @torch.no_grad()
-    def rollout(self, examples: list[Example], num_samples: int) -> Rollout:
+    def rollout(self, prompt_ids: list[list[int]], num_samples: int) -> Rollout:
         self.engine.wake_up()
-        rollout = self.engine.generate(
-            [e.meta["_prompt_ids"] for e in examples], self.sampling, num_samples, model=self.policy
-        )
+        rollout = self.engine.generate(prompt_ids, self.sampling, num_samples, model=self.policy)
         self.engine.sleep()
         return rollout
 
@@ -311,16 +338,20 @@ class RLModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(dm, "task", None)
 
-    def score(self, examples: list[Example], rollout: Rollout) -> tuple[Tensor, Tensor, list[str | None], int]:
+    def score(self, examples: list[Example], rollout: Rollout) -> RolloutScores:
         if self.task is None:
-            raise RuntimeError("RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)")
+            raise RuntimeError(
+                "RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)"
+            )
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
-    def policy_pass(self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None) -> PolicyPass:
+    def policy_pass(
+        self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
+    ) -> PolicyPass:
         """Log-probs, exact entropies and S of the completion tokens under the current policy (or ``model``)."""
         with torch.set_grad_enabled(grad):
             return score_tokens(
-                self.policy if model is None else model,
+                self.built_policy if model is None else model,
                 tokens.input_ids,
                 tokens.attention_mask,
                 tokens.loss_mask,
@@ -330,44 +361,9 @@ class RLModule(pl.LightningModule):
                 logprob_dtype=self.logprob_dtype,
             )
 
-    def make_record(
-        self,
-        examples: list[Example],
-        rollout: Rollout,
-        tokens: TokenBatch,
-        rewards: Tensor,
-        correct: Tensor,
-        answers: list[str | None],
-        seq_adv: Tensor,
-        stats: UpdateStats,
-        reward_errors: int,
-    ) -> StepRecord:
-        cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
-        return StepRecord(
-            iteration=self.iteration,
-            input_ids=tokens.input_ids.cpu(),
-            loss_mask=tokens.loss_mask.cpu(),
-            group_index=tokens.group_index.cpu(),
-            rewards=rewards.cpu(),
-            correct=correct.cpu(),
-            seq_advantages=cpu(seq_adv),
-            token_advantages=cpu(stats.token_advantages),
-            entropy=cpu(stats.old.entropy),
-            old_logp=cpu(stats.old.logp),
-            collision=cpu(stats.old.collision),
-            sampler_logp=tokens.sampler_logprobs.cpu(),
-            clip_upper=cpu(stats.clip_upper),
-            clip_lower=cpu(stats.clip_lower),
-            prompts=[e.prompt for e in examples],
-            completions=rollout.completion_text,
-            answers=answers,
-            num_prompts=len(examples),
-            num_generations=self.num_generations,
-            reward_errors=reward_errors,
-            metrics={k: float(v) for k, v in stats.metrics.items()},
-        )
-
-    def log_iteration(self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int) -> None:
+    def log_iteration(
+        self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int
+    ) -> None:
         mask = record.loss_mask
         lengths = mask.sum(dim=1)
         metrics = {
@@ -375,7 +371,9 @@ class RLModule(pl.LightningModule):
             "rollout/reward_std": record.rewards.std(unbiased=False),
             "rollout/accuracy": record.correct.float().mean(),
             "rollout/completion_len": lengths.mean(),
-            "rollout/truncated_frac": torch.tensor(sum(f == "length" for f in rollout.finish_reason) / len(rollout)),
+            "rollout/truncated_frac": torch.tensor(
+                sum(f == "length" for f in rollout.finish_reason) / len(rollout)
+            ),
             "rollout/reward_errors": torch.tensor(float(record.reward_errors)),
             "rollout/skipped_prompts": torch.tensor(float(self.skipped_prompts)),
             "policy/entropy": torch.tensor(record.token_mean_entropy()),
@@ -390,22 +388,21 @@ class RLModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
-        from epr_lightning.validation import validation_metrics
-
-        examples = self.admit_prompts(batch)
-        rollout = self.rollout(examples, self.val_num_generations)
-        rewards, correct, answers, errors = self.score(examples, rollout)
+        prompts = self.admit_prompts(batch)
+        rollout = self.rollout(prompts.ids, self.val_num_generations)
+        scores = self.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         old = self.policy_pass(tokens, grad=False)
-        for name, value in validation_metrics(tokens, old, rewards, correct, answers, rollout, self.val_num_generations).items():
-            self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=len(examples), sync_dist=True)
+        size = len(prompts.examples)
+        for name, value in validation_metrics(tokens, old, scores, rollout, self.val_num_generations).items():
+            self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["epr"] = {
             "iteration": self.iteration,
             "objective": self.objective.state_dict(),
-            "engine": self.engine.state_dict() if hasattr(self.engine, "state_dict") else {},
+            "engine": self.engine.state_dict(),
             "nonfinite_total": self.nonfinite_total,
             "skipped_prompts": self.skipped_prompts,
             "rng": capture_rng_state(),
@@ -416,7 +413,9 @@ class RLModule(pl.LightningModule):
         if state is None:
             return
         self.iteration = int(state["iteration"])
-        if self._trainer is None or self.trainer.state.fn == "fit":  # evaluation works under any method config
+        if (
+            self._trainer is None or self.trainer.state.fn == "fit"
+        ):  # evaluation works under any method config
             try:
                 self.objective.load_state_dict(state["objective"])
             except KeyError as err:
@@ -424,9 +423,9 @@ class RLModule(pl.LightningModule):
                     f"{err.args[0]}: resuming training needs the method config the checkpoint was trained with "
                     "(validate works under any)"
                 ) from None
-        if state.get("engine") and hasattr(self.engine, "load_state_dict"):
+        if state.get("engine"):
             self.engine.load_state_dict(state["engine"])
-        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.policy_update.guard.total = int(state.get("nonfinite_total", 0))
         self.skipped_prompts = int(state.get("skipped_prompts", 0))
         if "rng" in state:
             restore_rng_state(state["rng"])
@@ -434,10 +433,11 @@ class RLModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # A resumed or freshly built policy must be what the engine samples from.
         if self.iteration > 0:
-            self.engine.push_weights(self.policy)
+            self.engine.push_weights(self.built_policy)
         elif self.validate_before_training:
-            from epr_lightning.validation import run_validation_now
-
             if run_validation_now(self.trainer):  # the iteration-0 baseline (controllers may take H* from it)
                 metrics = self.trainer.callback_metrics
                 self.initial_validation = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+
+    def teardown(self, stage: str) -> None:
+        self.engine.shutdown()

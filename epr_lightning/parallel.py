@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from epr_lightning.models import base_model
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -61,7 +63,7 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     Uses the model's ``_no_split_modules`` (the block class names HF itself never splits across devices), and
     falls back to the decoder's ``layers`` list.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     names = set(getattr(inner, "_no_split_modules", None) or [])
     blocks = [m for m in inner.modules() if type(m).__name__ in names]
     if blocks:
@@ -97,7 +99,7 @@ def shard_policy(model: torch.nn.Module, mesh: Any, config: FSDP2Config) -> torc
 
     # The FSDP2 root is the HF causal LM itself, also inside a peft wrapper: peft's ``generate`` calls the
     # inner model directly, so a root on the wrapper would never gather the embeddings during rollouts.
-    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    root = base_model(model)
     if is_sharded(root):
         return model
     names = getattr(mesh, "mesh_dim_names", None) or ()

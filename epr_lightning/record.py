@@ -8,8 +8,17 @@ re-run the policy unless that is their purpose (e.g. measuring entropy after the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+from epr_lightning.objectives.base import masked_mean
+
+if TYPE_CHECKING:
+    from epr_lightning.rollout.base import Rollout, TokenBatch
+    from epr_lightning.tasks.base import Example
+    from epr_lightning.tasks.scoring import RolloutScores
+    from epr_lightning.update import UpdateStats
 
 
 @dataclass
@@ -57,10 +66,51 @@ class StepRecord:
 
     def token_mean_entropy(self) -> float:
         """Exact token-mean entropy of π_old over completion tokens."""
-        m = self.loss_mask
-        return float((self.entropy * m).sum() / m.sum().clamp_min(1.0))
+        return float(masked_mean(self.entropy, self.loss_mask))
 
     def mc_entropy(self) -> float:
         """Monte-Carlo entropy estimate: mean −log π_old of the sampled completion tokens."""
-        m = self.loss_mask
-        return float((-self.old_logp * m).sum() / m.sum().clamp_min(1.0))
+        return float(masked_mean(-self.old_logp, self.loss_mask))
+
+
+def build_record(
+    iteration: int,
+    examples: list[Example],
+    rollout: Rollout,
+    tokens: TokenBatch,
+    scores: RolloutScores,
+    seq_adv: Tensor,
+    stats: UpdateStats,
+    num_generations: int,
+) -> StepRecord:
+    """The record of one iteration: its tensors detached, as float32 where computed, on the CPU."""
+
+    def cpu(t: Tensor) -> Tensor:
+        return t.detach().float().cpu()
+
+    def cpu_or_none(t: Tensor | None) -> Tensor | None:
+        return None if t is None else cpu(t)
+
+    return StepRecord(
+        iteration=iteration,
+        input_ids=tokens.input_ids.cpu(),
+        loss_mask=tokens.loss_mask.cpu(),
+        group_index=tokens.group_index.cpu(),
+        rewards=scores.rewards.cpu(),
+        correct=scores.correct.cpu(),
+        seq_advantages=cpu(seq_adv),
+        token_advantages=cpu(stats.token_advantages),
+        entropy=cpu(stats.old.entropy),
+        old_logp=cpu(stats.old.logp),
+        collision=cpu_or_none(stats.old.collision),
+        sampler_logp=tokens.sampler_logprobs.cpu(),
+        clip_upper=cpu_or_none(stats.clip_upper),
+        clip_lower=cpu_or_none(stats.clip_lower),
+        prompts=[e.prompt for e in examples],
+        completions=rollout.completion_text,
+        answers=scores.answers,
+        num_prompts=len(examples),
+        num_generations=num_generations,
+        reward_errors=scores.failures,
+        metrics={k: float(v) for k, v in stats.metrics.items()},
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -56,7 +57,7 @@ def tiny_causal_lm(
     seed: int = 0,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
-) -> torch.nn.Module:
+) -> Any:
     """A randomly initialised causal LM of the given shape (fp32, eval mode off)."""
     from transformers import LlamaConfig, Qwen2Config
 
@@ -82,11 +83,13 @@ def tiny_causal_lm(
     return model
 
 
-def save_tiny(path: str | Path, **model_kwargs: object) -> Path:
+def save_tiny(path: str | Path, **model_kwargs: Any) -> Path:
     """Write a tiny model + char tokenizer as an HF folder (for engines/tests that load from a path)."""
     path = Path(path)
     tok = char_tokenizer()
-    model = tiny_causal_lm(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **model_kwargs)
+    model = tiny_causal_lm(
+        len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **model_kwargs
+    )
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

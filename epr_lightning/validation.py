@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
-from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
-from epr_lightning.rollout.base import Rollout, TokenBatch
 from epr_lightning.logprobs import PolicyPass
+from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
+from epr_lightning.objectives.base import masked_mean
+from epr_lightning.rollout.base import Rollout, TokenBatch
+from epr_lightning.tasks.scoring import RolloutScores
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -20,17 +20,15 @@ def _mean(values: list[float | None]) -> float | None:
 def validation_metrics(
     tokens: TokenBatch,
     old: PolicyPass,
-    rewards: Tensor,
-    correct: Tensor,
-    answers: list[str | None],
+    scores: RolloutScores,
     rollout: Rollout,
     num_generations: int,
 ) -> dict[str, float]:
     """Reward, pass@k for k = 1..G (unbiased), entropy and within-group diversity of the batch."""
-    mask = tokens.loss_mask
+    mask, rewards, correct, answers = tokens.loss_mask, scores.rewards, scores.correct, scores.answers
     out: dict[str, float] = {
         "reward_mean": float(rewards.mean()),
-        "entropy": float((old.entropy * mask).sum() / mask.sum().clamp_min(1.0)),
+        "entropy": float(masked_mean(old.entropy, mask)),
         "completion_len": float(mask.sum(dim=1).float().mean()),
     }
     groups_correct = group_by(correct.tolist(), rollout.group_index)

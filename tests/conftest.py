@@ -25,7 +25,9 @@ def tiny_model(tiny_tokenizer):
     from epr_lightning.tiny import tiny_causal_lm
 
     return tiny_causal_lm(
-        len(tiny_tokenizer), eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id
+        len(tiny_tokenizer),
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
     )
 
 
@@ -36,4 +38,3 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-

@@ -289,7 +289,7 @@ def test_failing_hanging_and_nan_rewards_become_zero_and_are_counted(tmp_path: P
     from lightning.pytorch.callbacks import Callback
 
     class Probe(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             m = trainer.callback_metrics
             seen.append((float(m["rollout/reward_errors"]), float(m["rollout/reward_mean"])))
             record = outputs["record"]

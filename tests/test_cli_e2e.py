@@ -27,27 +27,38 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+def tiny_args(command: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        command,
+        "--config",
+        str(ROOT / "configs/tiny_cpu.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
+
+
 def fit_tiny(tmp_path: Path, *extra: str) -> Path:
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/tiny_cpu.yaml"),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "runs"),
-            *extra,
-        ]
-    )
+    main(tiny_args("fit", tmp_path, *extra))
     return tmp_path / "runs"
 
 
 def test_fit_two_iterations_writes_logs_checkpoint_and_finite_metrics(tmp_path):
     runs = fit_tiny(tmp_path)
     values = scalars(runs)
-    for tag in ("rollout/reward_mean", "policy/entropy", "policy/entropy_mc", "loss/pg", "policy/clipfrac_upper",
-                "policy/clipfrac_lower", "train/grad_norm", "val/pass@1", "val/entropy"):
+    for tag in (
+        "rollout/reward_mean",
+        "policy/entropy",
+        "policy/entropy_mc",
+        "loss/pg",
+        "policy/clipfrac_upper",
+        "policy/clipfrac_lower",
+        "train/grad_norm",
+        "val/pass@1",
+        "val/entropy",
+    ):
         assert tag in values, f"{tag} not logged; have {sorted(values)}"
         assert all(math.isfinite(v) for v in values[tag]), tag
     assert len(values["rollout/reward_mean"]) == 2  # one point per rollout iteration
@@ -89,16 +100,24 @@ def test_first_on_policy_ratio_is_exactly_one(tmp_path):
     from epr_lightning.cli import build_cli
 
     cli = build_cli(
-        ["--config", str(ROOT / "configs/tiny_cpu.yaml"), "--model.init_args.ppo_epochs", "2",
-         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+        [
+            "--config",
+            str(ROOT / "configs/tiny_cpu.yaml"),
+            "--model.init_args.ppo_epochs",
+            "2",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
         run=False,
     )
     module, data = cli.model, cli.datamodule
     data.setup("fit")
     module.configure_model()
     module.engine.setup(module.policy, module.tokenizer)
-    examples = module.admit_prompts(data._train[:2])
-    rollout = module.engine.generate([e.meta["_prompt_ids"] for e in examples], module.sampling, 4, model=module.policy)
+    prompts = module.admit_prompts(data._train[:2])
+    rollout = module.engine.generate(prompts.ids, module.sampling, 4, model=module.policy)
     tokens = rollout.to_batch(module.pad_id)
     old = module.policy_pass(tokens, grad=False)
     cur = module.policy_pass(tokens, grad=True)
@@ -108,17 +127,19 @@ def test_first_on_policy_ratio_is_exactly_one(tmp_path):
 
 
 def test_validate_subcommand(tmp_path):
-    main(["validate", "--config", str(ROOT / "configs/tiny_cpu.yaml"), "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    main(tiny_args("validate", tmp_path))
     values = scalars(tmp_path / "runs")
     assert {"val/pass@1", "val/reward_mean", "val/entropy", "val/distinct_2"} <= set(values)
 
 
-@pytest.mark.parametrize("flag,value,needle", [
-    ("--model.init_args.sampling.temperature", "0", "temperature"),
-    ("--model.init_args.sampling.max_new_tokens", "0", "max_new_tokens"),
-    ("--model.init_args.num_generations", "0", "num_generations"),
-])
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--model.init_args.sampling.temperature", "0", "temperature"),
+        ("--model.init_args.sampling.max_new_tokens", "0", "max_new_tokens"),
+        ("--model.init_args.num_generations", "0", "num_generations"),
+    ],
+)
 def test_invalid_values_are_named(tmp_path, capsys, flag, value, needle):
     with pytest.raises(SystemExit) as exc:
         fit_tiny(tmp_path, flag, value)
@@ -144,8 +165,16 @@ def test_plot_runs_from_two_real_tiny_runs(tmp_path):
 
 def test_print_config_shows_composed_method(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(ROOT / "configs/tiny_cpu.yaml"), "--config", str(ROOT / "configs/method/repo_r.yaml"),
-              "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/tiny_cpu.yaml"),
+                "--config",
+                str(ROOT / "configs/method/repo_r.yaml"),
+                "--print_config",
+            ]
+        )
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "epr_lightning.objectives.REPOR" in out and "REPOZetaController" in out and "Checkpoint" in out
@@ -156,8 +185,10 @@ def test_kl_to_reference_runs_and_reference_is_not_checkpointed(tmp_path):
         tmp_path,
         "--model.init_args.objective.init_args.terms",
         "[{class_path: epr_lightning.objectives.KLPenalty, init_args: {coef: 0.1}}]",
-        "--model.init_args.optimizer.init_args.lr", "0.05",
-        "--trainer.limit_val_batches", "0",
+        "--model.init_args.optimizer.init_args.lr",
+        "0.05",
+        "--trainer.limit_val_batches",
+        "0",
     )
     values = scalars(runs)
     kl = values["policy/kl_ref"]

@@ -9,7 +9,7 @@ REPO-R runs with |ζ| ∈ [1e-4, 0.5] starting at ζ = 0.05 (constructor argumen
 bounds and start as ``configs/method/repo_r.yaml``, without its ±5% band), not the paper's [1e-4, 0.05] from
 1e-3, because measured on this toy the paper's cap binds and entropy still falls: with |ζ| ≤ 0.05, ζ sits at
 +0.05 at the end and the end entropy is 0.47–0.63·H* (table below). Our reading [X], not measured term by term: REPO-R adds ≈ η·ζ·|A|·E_π[π·L²] against the pull −η·E_π[π·A·L]
-(L = log π + H, paper.md §2–4); here every one of 12 tokens carries 1/12 of the reward, so A and L are far
+(L = log π + H, docs/methods.md §1 and §5); here every one of 12 tokens carries 1/12 of the reward, so A and L are far
 more correlated per token than in an LLM rollout of thousands of tokens, and the log-probs of a 100-char
 vocabulary are much less spread out than an LLM's (log π ≈ −4.6 at uniform vs −20…0), so the same ζ has
 much less authority. Starting at 1e-3 with |ζ| ≤ 0.5, the nine doublings let the entropy fall first
@@ -41,7 +41,7 @@ after 20 iterations; ``cu`` = upper clip fraction, averaged over an iteration's 
    [0, 0, −1.1, 0], and clip fractions 1/3 each over the three masked tokens. At every optimizer step the loss's
    ε_high equals the controller's coefficient (checked over 8
    iterations: 0.28, 0.35, 0.44, …, 1.0). With ppo_epochs > 1 π_old is the separate no-grad pass before the
-   first optimizer step (``training.run_update``).
+   first optimizer step (``update.PolicyUpdate``).
 2. In this toy a larger ε_high *speeds up* the collapse. Fixed ε_high (DAPO loss, ε_low = 0.2), test setup:
 
    | seed | ε_high 0.2 (GRPO) | 0.28 (DAPO) | 0.4 | 0.6 | 1.0 | ADAPO (0.28 → 1.0 by iteration 6) |
@@ -96,7 +96,7 @@ after 20 iterations; ``cu`` = upper clip fraction, averaged over an iteration's 
    (tabular logits, 7 of 8 positions near-deterministic with π ≈ 0.97, one rewarded fork, Adam, 2×4 steps)
    makes ε_high a strong knob, but with the opposite sign: end entropy / H0 0.75–0.94 at ε_high 0.2 and
    0.40–0.44 at 1.0. The first minibatch of each iteration (ratio exactly 1) is never clipped, so its full
-   policy-gradient collapse is outside any clip's reach. For scale: the paper's own ADAPO row (paper.md §9, a digest) reports +102% entropy on
+   policy-gradient collapse is outside any clip's reach. For scale: the paper's own ADAPO row (docs/methods.md §11, a secondary account) reports +102% entropy on
    Qwen3-32B, also outside ±30%.
 """
 

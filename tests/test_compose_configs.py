@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from epr_lightning.callbacks import (
     DiversityMonitor,
     EntropyDynamics,
@@ -17,13 +15,18 @@ from epr_lightning.callbacks import (
     PrecisionAudit,
     SampleLogger,
 )
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from epr_lightning.checkpointing import RolloutCheckpoint
 from epr_lightning.cli import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 C = ROOT / "configs"
 MONITORS = {EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger}
-MONITOR_PATHS = [f"epr_lightning.callbacks.{t.__name__}" for t in (EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger)]
+MONITOR_PATHS = [
+    f"epr_lightning.callbacks.{t.__name__}"
+    for t in (EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger)
+]
 SCALES = sorted((C / "scale").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "examples").glob("*/config.yaml"))
 
@@ -42,7 +45,9 @@ STACKS = (
 
 def scale_budget(files: list[Path]) -> int | None:
     for f in reversed(files):
-        sampling = (yaml.safe_load(f.read_text()).get("model") or {}).get("init_args", {}).get("sampling") or {}
+        sampling = (yaml.safe_load(f.read_text()).get("model") or {}).get("init_args", {}).get(
+            "sampling"
+        ) or {}
         if "max_new_tokens" in sampling:
             return sampling["max_new_tokens"]
     return None

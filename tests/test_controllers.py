@@ -1,4 +1,4 @@
-"""Controller rules (paper.md §5/§6/§11) and the callbacks' plumbing on a fake module."""
+"""Controller rules (docs/methods.md §6) and the callbacks' plumbing on a fake module."""
 
 import warnings
 
@@ -15,7 +15,7 @@ from epr_lightning.callbacks import (
     entropy_direction,
     zeta_step,
 )
-from epr_lightning.callbacks.controllers import iteration_entropy
+from epr_lightning.callbacks.control_rules import iteration_entropy
 
 from epr_lightning.objectives import REPO, REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss
 from epr_lightning.record import StepRecord
@@ -24,7 +24,7 @@ ZMIN, ZMAX = 1e-4, 0.05
 BELOW, ABOVE, EQUAL = (1.0, 2.0), (3.0, 2.0), (2.0, 2.0)  # (H, H*)
 
 
-# -------------------------------------------------------------------------- paper.md §11 controller table
+# -------------------------------------------------------------------------- ζ controller table (docs/methods.md §6.1)
 @pytest.mark.parametrize(
     "zeta, where, expected",
     [

@@ -24,7 +24,10 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 
 
 def math_rows(n: int, start: int = 0) -> list[dict]:
-    return [{"uid": f"q{i}", "question": f"What is {i} + 1?", "solution": i + 1, "level": i % 3} for i in range(start, start + n)]
+    return [
+        {"uid": f"q{i}", "question": f"What is {i} + 1?", "solution": i + 1, "level": i % 3}
+        for i in range(start, start + n)
+    ]
 
 
 def test_parquet_with_column_mapping_and_a_validation_split(tmp_path: Path) -> None:
@@ -70,7 +73,9 @@ def test_chat_message_prompts_csv_and_prompt_templates(tmp_path: Path) -> None:
                                   {"role": "user", "content": "C?"}]},
     ]  # fmt: skip
     data = write_parquet(tmp_path / "chat.parquet", chat)
-    examples = DatasetTask(str(data), prompt_column="messages", answer_column=None, id_column="id").examples("train")
+    examples = DatasetTask(str(data), prompt_column="messages", answer_column=None, id_column="id").examples(
+        "train"
+    )
     assert examples[0].messages == chat[0]["messages"] and examples[0].prompt == "Hi?"
     assert examples[1].messages == chat[1]["messages"] and examples[1].prompt == "C?"
     csv = tmp_path / "p.csv"
@@ -116,12 +121,17 @@ def test_bad_files_are_one_line_errors_naming_file_column_or_line(tmp_path: Path
     csv.write_text("prompt,answer\nWhat is 1 + 1?,2\nWhat is (1, 2) + 1?,3\n")  # unquoted commas on line 3
     code, err = run(tmp_path, capsys, "--data.init_args.task.init_args.data_files", str(csv))
     one_line(code, err, f"{csv}: not readable as csv", "line 3")
-    code, err = run(tmp_path, capsys, "--data.init_args.task.init_args.data_files", str(tmp_path / "nope.parquet"))
+    code, err = run(
+        tmp_path, capsys, "--data.init_args.task.init_args.data_files", str(tmp_path / "nope.parquet")
+    )
     one_line(code, err, "FileNotFoundError", "nope.parquet")
 
 
 def test_a_parquet_chat_dataset_trains_end_to_end(tmp_path: Path, capsys) -> None:
-    rows = [{"key": f"k{i}", "chat": [{"role": "user", "content": f"Say {i}."}], "target": str(i)} for i in range(12)]
+    rows = [
+        {"key": f"k{i}", "chat": [{"role": "user", "content": f"Say {i}."}], "target": str(i)}
+        for i in range(12)
+    ]
     data = write_parquet(tmp_path / "chat.parquet", rows)
     code, err = run(
         tmp_path, capsys,

@@ -12,7 +12,9 @@ def test_toy_rows_share_h0_per_seed_and_report_the_controller(capsys):
     assert [r[:2] for r in rows] == [("1", "0"), ("2", "0")]
     # the varied knob acts only on updates: the same seed samples the same first rollout from the same policy
     assert rows[0][2] == rows[1][2] and float(rows[0][2]) > 3.0
-    for r in rows:  # ADAPO: iteration 0 measures H*, iteration 1 moves ε_high one step (×1.25 or ÷1.25, ≥ ε_low)
+    for (
+        r
+    ) in rows:  # ADAPO: iteration 0 measures H*, iteration 1 moves ε_high one step (×1.25 or ÷1.25, ≥ ε_low)
         assert float(r[-1]) in (pytest.approx(0.35), pytest.approx(0.224))
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("value | seed | H0") and len(out) == 3

@@ -38,16 +38,38 @@ def run(*args: str) -> int:
 
 def validate(tmp_path: Path, name: str, method: str, *extra: str) -> dict[str, list[float]]:
     out = tmp_path / name
-    code = run("validate", "--config", TINY, "--config", str(ROOT / f"configs/method/{method}.yaml"), *TASK,
-               "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false", *extra)
+    code = run(
+        "validate",
+        "--config",
+        TINY,
+        "--config",
+        str(ROOT / f"configs/method/{method}.yaml"),
+        *TASK,
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    )
     assert code == 0
     return scalars(out)
 
 
 def test_a_repo_r_checkpoint_validates_under_grpo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = run("fit", "--config", TINY, "--config", str(ROOT / "configs/method/repo_r.yaml"), *TASK,
-               "--trainer.logger.init_args.save_dir", str(tmp_path / "train"),
-               "--trainer.limit_val_batches", "0", "--model.init_args.optimizer.init_args.lr", "0.01")
+    code = run(
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        str(ROOT / "configs/method/repo_r.yaml"),
+        *TASK,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "train"),
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.init_args.optimizer.init_args.lr",
+        "0.01",
+    )
     assert code == 0
     ckpt = str(next((tmp_path / "train").rglob("last.ckpt")))
     grpo = validate(tmp_path, "grpo", "grpo", "--ckpt_path", ckpt)
@@ -58,8 +80,18 @@ def test_a_repo_r_checkpoint_validates_under_grpo(tmp_path: Path, capsys: pytest
     assert abs(grpo["val/entropy"][0] - untrained["val/entropy"][0]) > 1e-3  # and they are the trained ones
     capsys.readouterr()
     # resuming *training* needs the objective's state: under another method that is one clear line
-    code = run("fit", "--config", TINY, "--config", str(ROOT / "configs/method/grpo.yaml"), *TASK, "--ckpt_path", ckpt,
-               "--trainer.logger.init_args.save_dir", str(tmp_path / "resume"))
+    code = run(
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        str(ROOT / "configs/method/grpo.yaml"),
+        *TASK,
+        "--ckpt_path",
+        ckpt,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "resume"),
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("epr-lightning: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]

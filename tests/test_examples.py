@@ -60,7 +60,15 @@ def test_custom_reward_functions_score_as_documented(monkeypatch) -> None:
     from epr_lightning.tasks import Example, TRLReward, score_completions
 
     reward = TRLReward("examples/custom_reward/reward.py", ["word_count", "ends_with_period"], [1.0, 0.2])
-    ex = [Example(id=str(i), prompt="Describe the sea in exactly 4 words.", meta={"n_words": 4}) for i in range(4)]
-    completions = ["Vast, blue, deep, restless.", "Vast blue deep restless", "Blue.", "It is vast and blue and very deep"]
+    ex = [
+        Example(id=str(i), prompt="Describe the sea in exactly 4 words.", meta={"n_words": 4})
+        for i in range(4)
+    ]
+    completions = [
+        "Vast, blue, deep, restless.",
+        "Vast blue deep restless",
+        "Blue.",
+        "It is vast and blue and very deep",
+    ]
     result = score_completions(reward, ex, completions, timeout_s=5.0)
     assert result.rewards == pytest.approx([1.2, 1.0, 0.25 + 0.2, 0.0])

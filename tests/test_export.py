@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("peft")
 
-from epr_lightning import export_cli as export_hf  # noqa: E402
-from epr_lightning.logprobs import token_logprobs_and_entropy  # noqa: E402
+from epr_lightning import export_cli as export_hf
+from epr_lightning.logprobs import token_logprobs_and_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 

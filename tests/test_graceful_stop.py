@@ -109,7 +109,7 @@ def test_handlers_are_restored_after_training(tmp_path: Path) -> None:
     seen: list[object] = []
 
     class Probe(GracefulStop):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             seen.append(signal.getsignal(signal.SIGTERM))
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

@@ -22,7 +22,9 @@ def test_groups_are_prompt_major_and_logprobs_match_trainer(tiny_model, tiny_tok
     rollout = _engine(tiny_tokenizer, tiny_model).generate(prompts, params, 3, model=tiny_model)
     assert rollout.group_index == [0, 0, 0, 1, 1, 1]
     assert rollout.prompt_ids[:3] == [prompts[0]] * 3 and rollout.prompt_ids[3:] == [prompts[1]] * 3
-    for ids, lps, finish in zip(rollout.completion_ids, rollout.sampler_logprobs, rollout.finish_reason, strict=True):
+    for ids, lps, finish in zip(
+        rollout.completion_ids, rollout.sampler_logprobs, rollout.finish_reason, strict=True
+    ):
         assert len(ids) == len(lps) and 1 <= len(ids) <= 10
         assert finish == ("stop" if ids[-1] == tiny_tokenizer.eos_token_id else "length")
         assert tiny_tokenizer.eos_token_id not in ids[:-1]  # cut at the first stop token
@@ -49,9 +51,10 @@ def test_seeded_per_call_and_global_rng_untouched(tiny_model, tiny_tokenizer):
     assert first.completion_ids == b.generate(prompts, params, 4, model=tiny_model).completion_ids
     assert first.completion_ids != second.completion_ids  # the call counter moves the seed on
     b.load_state_dict(a.state_dict())  # a resumed engine continues the same stream
-    assert a.generate(prompts, params, 4, model=tiny_model).completion_ids == b.generate(
-        prompts, params, 4, model=tiny_model
-    ).completion_ids
+    assert (
+        a.generate(prompts, params, 4, model=tiny_model).completion_ids
+        == b.generate(prompts, params, 4, model=tiny_model).completion_ids
+    )
 
 
 def test_max_new_tokens_and_stop_ids(tiny_model, tiny_tokenizer):

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("peft")
 
-from epr_lightning.lora import LoRAConfig, apply_lora, iter_merged_weights, merged_state_dict  # noqa: E402
-from epr_lightning.models import TinyModel  # noqa: E402
-from epr_lightning.module import RLModule  # noqa: E402
+from epr_lightning.lora import LoRAConfig, apply_lora, iter_merged_weights, merged_state_dict
+from epr_lightning.models import TinyModel
+from epr_lightning.module import RLModule
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

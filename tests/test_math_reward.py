@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from epr_lightning.tasks import Example, MathAnswerReward, score_completions  # noqa: E402
+from epr_lightning.tasks import Example, MathAnswerReward, score_completions
 
 # (reference answer, completion, expected reward)
 CASES = [

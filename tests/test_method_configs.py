@@ -114,7 +114,7 @@ def test_every_method_resolves_to_the_same_update_schedule(base, tmp_path):
     for name in EXPECTED:
         for before in ([base], [base, odd]):
             cli = compose(*before, ROOT / "configs" / "method" / f"{name}.yaml")
-            m = cli.model
+            m = cli.model.policy_update.settings
             schedules[name, len(before)] = (m.ppo_epochs, m.num_minibatches, m.minibatch_size)
     shared = {v for (name, _), v in schedules.items() if name != "rloo"}
     assert shared == {(1, 2, None)}, schedules  # 2 optimizer steps per rollout for every PPO-family method
@@ -126,7 +126,7 @@ def test_demo_is_grpo_exactly():
         compose(ROOT / "configs" / "demo.yaml").model,
         compose(ROOT / "configs" / "demo.yaml", ROOT / "configs" / "method" / "grpo.yaml").model,
     )
-    for m in (demo, grpo):
+    for m in (demo.policy_update.settings, grpo.policy_update.settings):
         assert (m.ppo_epochs, m.num_minibatches, m.minibatch_size) == (1, 2, None)
     assert demo.objective.loss.state_dict() == grpo.objective.loss.state_dict()
     assert type(demo.objective.advantage) is type(grpo.objective.advantage) is GRPOAdvantage
@@ -160,9 +160,9 @@ def test_method_specific_settings(tmp_path):
     rloo = model("rloo", epochs)  # the method file comes after: it resets the update schedule
     assert (
         isinstance(rloo.objective.advantage, RLOOAdvantage)
-        and rloo.ppo_epochs == 1
-        and rloo.minibatch_size is None
-        and rloo.num_minibatches == 1
+        and rloo.policy_update.settings.ppo_epochs == 1
+        and rloo.policy_update.settings.minibatch_size is None
+        and rloo.policy_update.settings.num_minibatches == 1
     )
     dapo = model("dapo").objective
     assert (dapo.loss.eps_low, dapo.loss.eps_high, dapo.aggregation) == (0.2, 0.28, "token_mean")

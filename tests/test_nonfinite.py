@@ -1,6 +1,6 @@
-"""Non-finite guard (``epr_lightning.training.optimizer_step``): a NaN/Inf loss or gradient skips the update,
-is counted and logged; ``max_nonfinite_updates`` in a row abort with a clear message and the last good
-checkpoint stays intact."""
+"""Non-finite guard (``epr_lightning.update.optimizer_step`` with its ``NonFiniteGuard``): a NaN/Inf loss or
+gradient skips the update, is counted and logged; ``max_nonfinite_updates`` in a row abort with a clear message
+and the last good checkpoint stays intact."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from epr_lightning.training import optimizer_step
+from epr_lightning.update import NonFiniteGuard, Optimization, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,24 +26,20 @@ class Recorder:
 
 
 def fake_module(max_nonfinite: int = 3) -> SimpleNamespace:
-    """Just what ``optimizer_step`` touches: a 2-weight policy, SGD, a scheduler, the counters."""
+    """Just what ``optimizer_step`` touches: a 2-weight policy, SGD, a scheduler, the guard's counters."""
     policy = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         policy.weight.copy_(torch.tensor([[1.0, 2.0]]))
     opt = torch.optim.SGD(policy.parameters(), lr=0.1)
     sch = Recorder()
-    return SimpleNamespace(
-        policy=policy,
-        optimizers=lambda: opt,
-        lr_schedulers=lambda: sch,
-        manual_backward=lambda loss: loss.backward(),
-        grad_clip=None,
-        nonfinite_in_row=0,
-        nonfinite_total=0,
-        max_nonfinite_updates=max_nonfinite,
-        iteration=7,
-        sch=sch,
+    optim = Optimization(
+        optimizer=opt, scheduler=sch, backward=lambda loss: loss.backward(), params=list(policy.parameters())
     )
+    return SimpleNamespace(policy=policy, optim=optim, guard=NonFiniteGuard(max_nonfinite), sch=sch)
+
+
+def step(m: SimpleNamespace, loss: torch.Tensor) -> float | None:
+    return optimizer_step(m.optim, loss, None, m.guard, iteration=7)
 
 
 def finite_loss(m: SimpleNamespace) -> torch.Tensor:
@@ -52,11 +48,11 @@ def finite_loss(m: SimpleNamespace) -> torch.Tensor:
 
 def test_finite_step_updates_and_resets_the_streak() -> None:
     m = fake_module()
-    m.nonfinite_in_row = 2
-    norm = optimizer_step(m, finite_loss(m))
+    m.guard.in_row = 2
+    norm = step(m, finite_loss(m))
     assert norm == pytest.approx(2**0.5)  # ||[1, 1]||
     torch.testing.assert_close(m.policy.weight, torch.tensor([[0.9, 1.9]]))  # w - 0.1 * [1, 1]
-    assert (m.nonfinite_in_row, m.nonfinite_total, m.sch.steps) == (0, 0, 1)
+    assert (m.guard.in_row, m.guard.total, m.sch.steps) == (0, 0, 1)
 
 
 @pytest.mark.parametrize(
@@ -68,29 +64,29 @@ def test_finite_step_updates_and_resets_the_streak() -> None:
         pytest.param(lambda m: torch.sqrt(m.policy.weight - m.policy.weight.detach()).sum(), id="inf-grad"),
     ],
 )
-def test_nonfinite_loss_or_gradient_skips_the_update(make_loss) -> None:  # noqa: ANN001
+def test_nonfinite_loss_or_gradient_skips_the_update(make_loss) -> None:
     m = fake_module()
     loss = make_loss(m)
     before = m.policy.weight.detach().clone()
-    assert optimizer_step(m, loss) is None
+    assert step(m, loss) is None
     torch.testing.assert_close(m.policy.weight, before)  # no step
     assert m.policy.weight.grad is None  # the poisoned gradient is dropped
-    assert (m.nonfinite_in_row, m.nonfinite_total, m.sch.steps) == (
-        1,
-        1,
-        0,
-    )  # counted; LR schedule not advanced
+    # counted; LR schedule not advanced
+    assert (m.guard.in_row, m.guard.total, m.sch.steps) == (1, 1, 0)
 
 
 def test_k_in_a_row_abort_and_a_good_step_resets() -> None:
     m = fake_module(max_nonfinite=2)
-    nan = lambda: finite_loss(m) * float("nan")  # noqa: E731
-    assert optimizer_step(m, nan()) is None
-    assert optimizer_step(m, finite_loss(m)) is not None  # streak broken
-    assert optimizer_step(m, nan()) is None
+
+    def nan() -> torch.Tensor:
+        return finite_loss(m) * float("nan")
+
+    assert step(m, nan()) is None
+    assert step(m, finite_loss(m)) is not None  # streak broken
+    assert step(m, nan()) is None
     with pytest.raises(RuntimeError, match=r"2 consecutive non-finite updates .* at iteration 7; aborting"):
-        optimizer_step(m, nan())
-    assert m.nonfinite_total == 3
+        step(m, nan())
+    assert m.guard.total == 3
 
 
 class NaNAt(Callback):
@@ -101,10 +97,10 @@ class NaNAt(Callback):
         self.logged: dict[int, float] = {}
         self.weights: dict[int, torch.Tensor] = {}
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_start(self, trainer, pl_module) -> None:
         real = pl_module.objective.compute_loss
 
-        def poisoned(batch, normaliser=None):  # noqa: ANN001, ANN202
+        def poisoned(batch, normaliser=None):
             out = real(batch, normaliser)
             if pl_module.iteration in self.iterations:
                 return dataclasses.replace(out, loss=out.loss * float("nan"))
@@ -112,10 +108,10 @@ class NaNAt(Callback):
 
         pl_module.objective.compute_loss = poisoned
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.weights[pl_module.iteration] = next(pl_module.policy.parameters()).detach().clone()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.logged[pl_module.iteration - 1] = float(trainer.callback_metrics["train/nonfinite_skips"])
 
 

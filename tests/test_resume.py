@@ -39,7 +39,7 @@ class SigkillAtIteration(Callback):
     def __init__(self, at: int = 2) -> None:
         self.at = at
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.iteration == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -111,7 +111,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subproce
     return straight, killed, resumed
 
 
-def test_killed_then_resumed_run_matches_straight_run(runs) -> None:  # noqa: ANN001
+def test_killed_then_resumed_run_matches_straight_run(runs) -> None:
     straight, killed, resumed = runs
     versions = sorted((killed / "runs" / "tiny").glob("version_*"))
     assert [v.name for v in versions] == ["version_0", "version_1"]
@@ -138,7 +138,7 @@ def test_killed_then_resumed_run_matches_straight_run(runs) -> None:  # noqa: AN
         assert got[tag] == pytest.approx(ref[tag], abs=1e-6), tag
 
 
-def test_resumed_checkpoint_state_matches(runs) -> None:  # noqa: ANN001
+def test_resumed_checkpoint_state_matches(runs) -> None:
     import torch
 
     straight, killed, _ = runs
@@ -153,7 +153,7 @@ def test_resumed_checkpoint_state_matches(runs) -> None:  # noqa: ANN001
     # the sampler's call counter drives its per-call seeds; weight_version is only a label (the resumed run
     # pushes the restored weights to the engine once more, which bumps it)
     # 4 rollouts + the iteration-0 validation + the end-of-epoch validation (a resume does not repeat the first)
-    assert a["epr"]["engine"]["calls"] == b["epr"]["engine"]["calls"] == 6
+    assert a["epr"]["engine"]["generate_calls"] == b["epr"]["engine"]["generate_calls"] == 6
     assert a["PromptDataModule"] == b["PromptDataModule"] == {"sampler": {"drawn": 4}}  # data position
     assert set(a["epr"]["rng"]) == set(b["epr"]["rng"]) >= {"python", "numpy", "torch"}
     for key, tensor in a["state_dict"].items():

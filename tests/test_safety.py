@@ -95,7 +95,7 @@ def test_trust_remote_code_is_off_by_default(tmp_path: Path, monkeypatch: pytest
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         real = cls.from_pretrained
 
-        def spy(*args, _real=real, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def spy(*args, _real=real, **kwargs):
             seen.append(kwargs)
             return _real(*args, **kwargs)
 

@@ -10,17 +10,17 @@ import torch
 
 from epr_lightning.rollout.base import SamplingParams
 from epr_lightning.rollout.sglang import SGLangEngine
-from epr_lightning.testing.fake_sglang import fake_sglang_module
+from epr_lightning.testing.fake_sglang_module import fake_sglang_module
 from epr_lightning.tiny import char_tokenizer, tiny_causal_lm
 
 
 @pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
+def tok():
     return char_tokenizer()
 
 
 @pytest.fixture
-def policy(tok) -> torch.nn.Module:  # noqa: ANN001
+def policy(tok) -> torch.nn.Module:
     model = tiny_causal_lm(
         len(tok), hidden_size=32, intermediate_size=64, num_layers=2, eos_token_id=tok.eos_token_id
     )
@@ -28,14 +28,14 @@ def policy(tok) -> torch.nn.Module:  # noqa: ANN001
     return model
 
 
-def install(monkeypatch, policy, tok, **kw):  # noqa: ANN001, ANN201
+def install(monkeypatch, policy, tok, **kw):
     """A fake sglang whose engine samples from its own copy of the policy."""
     mod = fake_sglang_module(copy.deepcopy(policy), tok, **kw)
     monkeypatch.setitem(sys.modules, "sglang", mod)
     return mod
 
 
-def names(mod) -> list[str]:  # noqa: ANN001
+def names(mod) -> list[str]:
     return [c[0] for c in mod.calls]
 
 
@@ -46,13 +46,13 @@ def perturb(model: torch.nn.Module) -> None:
             p.add_(0.5 * torch.randn_like(p))
 
 
-def test_missing_sglang_names_the_extra(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_missing_sglang_names_the_extra(monkeypatch, policy, tok) -> None:
     monkeypatch.setitem(sys.modules, "sglang", None)  # makes `import sglang` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'epr-lightning\[sglang\]'"):
         SGLangEngine().setup(policy, tok)
 
 
-def test_engine_kwargs(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_engine_kwargs(monkeypatch, policy, tok) -> None:
     mod = install(monkeypatch, policy, tok)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     SGLangEngine(
@@ -68,7 +68,7 @@ def test_engine_kwargs(monkeypatch, policy, tok) -> None:  # noqa: ANN001
         SGLangEngine().setup(policy, tok)
 
 
-def test_colocated_lifecycle_call_order(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_colocated_lifecycle_call_order(monkeypatch, policy, tok) -> None:
     mod = install(monkeypatch, policy, tok)
     engine = SGLangEngine(weight_bucket_mb=0.01)  # ~10 kB buckets → several chunks
     engine.setup(policy, tok)
@@ -106,7 +106,7 @@ def test_colocated_lifecycle_call_order(monkeypatch, policy, tok) -> None:  # no
     assert engine.weight_version == 1
 
 
-def test_push_changes_generations_and_logprobs_match(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_push_changes_generations_and_logprobs_match(monkeypatch, policy, tok) -> None:
     install(monkeypatch, policy, tok)
     engine = SGLangEngine(dtype="float32")
     engine.setup(policy, tok)
@@ -126,7 +126,7 @@ def test_push_changes_generations_and_logprobs_match(monkeypatch, policy, tok) -
         torch.testing.assert_close(torch.tensor(lp), ref, atol=1e-5, rtol=0)
 
 
-def test_generate_sends_explicit_params_and_refuses_when_asleep(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_generate_sends_explicit_params_and_refuses_when_asleep(monkeypatch, policy, tok) -> None:
     mod = install(monkeypatch, policy, tok)
     engine = SGLangEngine()
     engine.setup(policy, tok)
@@ -147,7 +147,7 @@ def test_generate_sends_explicit_params_and_refuses_when_asleep(monkeypatch, pol
         engine.generate([[5]], SamplingParams(), 1)
 
 
-def test_rejected_begin_fails_closed(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_rejected_begin_fails_closed(monkeypatch, policy, tok) -> None:
     def reject(name: str, args: tuple, kwargs: dict) -> None:
         if name == "begin_weight_update":
             raise RuntimeError("another update is in progress")
@@ -161,7 +161,7 @@ def test_rejected_begin_fails_closed(monkeypatch, policy, tok) -> None:  # noqa:
     assert engine.weight_version == 0
 
 
-def test_failed_update_raises(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_failed_update_raises(monkeypatch, policy, tok) -> None:
     install(monkeypatch, policy, tok)
     engine = SGLangEngine()
     engine.setup(policy, tok)
@@ -171,7 +171,7 @@ def test_failed_update_raises(monkeypatch, policy, tok) -> None:  # noqa: ANN001
         engine.push_weights(policy)
 
 
-def test_old_sglang_without_transactions(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_old_sglang_without_transactions(monkeypatch, policy, tok) -> None:
     mod = install(monkeypatch, policy, tok, transactional=False)
     engine = SGLangEngine()
     engine.setup(policy, tok)
@@ -180,7 +180,7 @@ def test_old_sglang_without_transactions(monkeypatch, policy, tok) -> None:  # n
     assert engine.weight_version == 1
 
 
-def test_dummy_load_pushes_at_setup_and_memory_saver_off(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_dummy_load_pushes_at_setup_and_memory_saver_off(monkeypatch, policy, tok) -> None:
     mod = install(monkeypatch, policy, tok)
     engine = SGLangEngine(load_format="dummy", enable_memory_saver=False)
     engine.setup(policy, tok)
@@ -195,13 +195,13 @@ def test_dummy_load_pushes_at_setup_and_memory_saver_off(monkeypatch, policy, to
         engine.generate([[5]], SamplingParams(), 1)
 
 
-def test_abort_resubmitted_once(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_abort_resubmitted_once(monkeypatch, policy, tok) -> None:
     install(monkeypatch, policy, tok)
     engine = SGLangEngine()
     engine.setup(policy, tok)
     real, sizes = engine.engine.generate, []
 
-    def flaky(**kw):  # noqa: ANN003, ANN202
+    def flaky(**kw):
         out = real(**kw)
         sizes.append(len(out))
         if len(sizes) == 1:
@@ -214,7 +214,7 @@ def test_abort_resubmitted_once(monkeypatch, policy, tok) -> None:  # noqa: ANN0
 
 
 @pytest.mark.parametrize("name", ["sglang", "sglang_server"])
-def test_engine_configs_instantiate_without_sglang(name, monkeypatch) -> None:  # noqa: ANN001
+def test_engine_configs_instantiate_without_sglang(name, monkeypatch) -> None:
     from pathlib import Path
 
     import yaml
@@ -231,7 +231,7 @@ def test_engine_configs_instantiate_without_sglang(name, monkeypatch) -> None:  
     assert engine.weight_bucket_bytes == 512 * 2**20
 
 
-def test_state_dict_round_trip(monkeypatch, policy, tok) -> None:  # noqa: ANN001
+def test_state_dict_round_trip(monkeypatch, policy, tok) -> None:
     install(monkeypatch, policy, tok)
     a = SGLangEngine()
     a.setup(policy, tok)

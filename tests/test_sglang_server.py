@@ -14,24 +14,24 @@ from epr_lightning.tiny import char_tokenizer, tiny_causal_lm
 
 
 @pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
+def tok():
     return char_tokenizer()
 
 
 @pytest.fixture
-def policy(tok) -> torch.nn.Module:  # noqa: ANN001
+def policy(tok) -> torch.nn.Module:
     return tiny_causal_lm(
         len(tok), hidden_size=32, intermediate_size=64, num_layers=2, eos_token_id=tok.eos_token_id
     )
 
 
 @pytest.fixture
-def server(policy, tok):  # noqa: ANN001, ANN201
+def server(policy, tok):
     with FakeSGLangServer(model=copy.deepcopy(policy), tokenizer=tok) as srv:
         yield srv
 
 
-def make_engine(urls: list[str], tok, policy=None, **kw) -> SGLangServerEngine:  # noqa: ANN001
+def make_engine(urls: list[str], tok, policy=None, **kw) -> SGLangServerEngine:
     kw.setdefault("backoff_s", 0.0)
     engine = SGLangServerEngine(urls=urls, **kw)
     engine.sleeps = []  # type: ignore[attr-defined]
@@ -40,7 +40,7 @@ def make_engine(urls: list[str], tok, policy=None, **kw) -> SGLangServerEngine: 
     return engine
 
 
-def prompts(tok) -> list[list[int]]:  # noqa: ANN001
+def prompts(tok) -> list[list[int]]:
     return [tok.encode("ab"), tok.encode("xyz1")]
 
 
@@ -61,7 +61,7 @@ def perturb(model: torch.nn.Module) -> None:
             p.add_(0.5 * torch.randn_like(p))
 
 
-def test_generate_payload_is_sglang_batch_json(server, tok) -> None:  # noqa: ANN001
+def test_generate_payload_is_sglang_batch_json(server, tok) -> None:
     engine = make_engine([server.url], tok)
     assert server.requests[0][:2] == ("GET", "/health_generate")
     params = SamplingParams(temperature=0.7, max_new_tokens=5, stop_token_ids=[7], seed=3)
@@ -83,7 +83,7 @@ def test_generate_payload_is_sglang_batch_json(server, tok) -> None:  # noqa: AN
     assert len({sp["sampling_seed"] for sp in sps}) == 6  # repeated prompts must not share a seed
 
 
-def test_rollout_is_prompt_major_and_logprobs_match_a_forward_pass(server, tok, policy) -> None:  # noqa: ANN001
+def test_rollout_is_prompt_major_and_logprobs_match_a_forward_pass(server, tok, policy) -> None:
     engine = make_engine([server.url], tok)
     stops = list(range(10, 40))  # ~30% of the vocab: both endings occur within 4 tokens
     params = SamplingParams(temperature=0.8, max_new_tokens=4, stop_token_ids=stops, seed=0)
@@ -108,7 +108,7 @@ def test_rollout_is_prompt_major_and_logprobs_match_a_forward_pass(server, tok, 
         torch.testing.assert_close(torch.tensor(lp), ref_logprobs(policy, p, c, 0.8), atol=1e-5, rtol=0)
 
 
-def test_prompts_are_spread_over_servers_in_order(policy, tok) -> None:  # noqa: ANN001
+def test_prompts_are_spread_over_servers_in_order(policy, tok) -> None:
     with (
         FakeSGLangServer(model=policy, tokenizer=tok) as a,
         FakeSGLangServer(model=policy, tokenizer=tok) as b,
@@ -121,7 +121,7 @@ def test_prompts_are_spread_over_servers_in_order(policy, tok) -> None:  # noqa:
         assert ro.prompt_ids == [q for q in three for _ in range(2)]
 
 
-def test_disk_sync_pauses_flushes_and_changes_generations(server, tok, policy, tmp_path) -> None:  # noqa: ANN001
+def test_disk_sync_pauses_flushes_and_changes_generations(server, tok, policy, tmp_path) -> None:
     engine = make_engine(
         [server.url], tok, weight_sync="disk", sync_dir=str(tmp_path / "sync"), dtype="float32"
     )
@@ -165,7 +165,7 @@ class RecordingBroadcaster:
             s.broadcast_sink(tensor)
 
 
-def test_distributed_sync_call_order_payloads_and_weights(server, tok, policy) -> None:  # noqa: ANN001
+def test_distributed_sync_call_order_payloads_and_weights(server, tok, policy) -> None:
     engine = make_engine(
         [server.url], tok, weight_sync="distributed", weight_bucket_mb=0.01, nccl_master_port=29611
     )
@@ -205,7 +205,7 @@ def test_distributed_sync_call_order_payloads_and_weights(server, tok, policy) -
     assert "/init_weights_update_group" not in server.paths() and engine.weight_version == 2
 
 
-def test_begin_rejected_fails_closed(server, tok, policy) -> None:  # noqa: ANN001
+def test_begin_rejected_fails_closed(server, tok, policy) -> None:
     engine = make_engine([server.url], tok, weight_sync="distributed")
     engine.broadcaster = RecordingBroadcaster([server])
     server.fail_next(1, status=400, path="/begin_weight_update")
@@ -216,7 +216,7 @@ def test_begin_rejected_fails_closed(server, tok, policy) -> None:  # noqa: ANN0
     assert engine.weight_version == 0
 
 
-def test_server_without_transactions_skips_begin_end(policy, tok) -> None:  # noqa: ANN001
+def test_server_without_transactions_skips_begin_end(policy, tok) -> None:
     with FakeSGLangServer(model=copy.deepcopy(policy), tokenizer=tok, transactional=False) as old:
         engine = make_engine([old.url], tok, weight_sync="distributed")
         engine.broadcaster = RecordingBroadcaster([old])
@@ -224,7 +224,7 @@ def test_server_without_transactions_skips_begin_end(policy, tok) -> None:  # no
         assert "/end_weight_update" not in old.paths() and "/update_weights_from_distributed" in old.paths()
 
 
-def test_retries_on_5xx_with_exponential_backoff(server, tok) -> None:  # noqa: ANN001
+def test_retries_on_5xx_with_exponential_backoff(server, tok) -> None:
     engine = make_engine([server.url], tok, max_retries=3, backoff_s=0.5)
     server.fail_next(2, status=503, path="/generate")
     ro = engine.generate(prompts(tok), SamplingParams(max_new_tokens=2), num_samples=1)
@@ -232,7 +232,7 @@ def test_retries_on_5xx_with_exponential_backoff(server, tok) -> None:  # noqa: 
     assert engine.sleeps == [0.5, 1.0]
 
 
-def test_flush_cache_400_is_retried(server, tok, policy, tmp_path) -> None:  # noqa: ANN001
+def test_flush_cache_400_is_retried(server, tok, policy, tmp_path) -> None:
     engine = make_engine([server.url], tok, sync_dir=str(tmp_path))
     server.fail_next(2, status=400, path="/flush_cache")
     engine.push_weights(policy)
@@ -241,7 +241,7 @@ def test_flush_cache_400_is_retried(server, tok, policy, tmp_path) -> None:  # n
 
 def test_server_down_raises_after_counted_retries_and_leaves_checkpoint(
     server, tok, policy, tmp_path
-) -> None:  # noqa: ANN001
+) -> None:
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"trainer state \x00\x01")
@@ -257,7 +257,7 @@ def test_server_down_raises_after_counted_retries_and_leaves_checkpoint(
         make_engine([url], tok, max_retries=2)
 
 
-def test_down_server_503_everywhere(server, tok) -> None:  # noqa: ANN001
+def test_down_server_503_everywhere(server, tok) -> None:
     engine = make_engine([server.url], tok, max_retries=1)
     server.down = True
     with pytest.raises(RuntimeError, match="HTTP 503"):
@@ -265,7 +265,7 @@ def test_down_server_503_everywhere(server, tok) -> None:  # noqa: ANN001
     assert server.paths().count("/generate") == 2
 
 
-def test_abort_is_resubmitted_once_then_fails(server, tok) -> None:  # noqa: ANN001
+def test_abort_is_resubmitted_once_then_fails(server, tok) -> None:
     engine = make_engine([server.url], tok)
     server.abort_next(1)
     ro = engine.generate(prompts(tok), SamplingParams(max_new_tokens=3), num_samples=2)
@@ -277,7 +277,7 @@ def test_abort_is_resubmitted_once_then_fails(server, tok) -> None:  # noqa: ANN
         engine.generate(prompts(tok)[:1], SamplingParams(max_new_tokens=3), num_samples=1)
 
 
-def test_admin_api_key_header(policy, tok, tmp_path) -> None:  # noqa: ANN001
+def test_admin_api_key_header(policy, tok, tmp_path) -> None:
     with FakeSGLangServer(model=copy.deepcopy(policy), tokenizer=tok, admin_api_key="s3cret") as srv:
         bare = make_engine([srv.url], tok, sync_dir=str(tmp_path))
         with pytest.raises(RuntimeError, match="HTTP 401"):
@@ -296,13 +296,13 @@ def test_constructor_validation() -> None:
     assert SGLangServerEngine().urls == ["http://127.0.0.1:30000"]
 
 
-def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:  # noqa: ANN001
+def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:
     """The default broadcaster's group and broadcast, with a peer process playing the server's rank 1."""
     import socket
     import subprocess
     import sys
 
-    from epr_lightning.rollout.sglang_server import TorchBroadcaster
+    from epr_lightning.rollout.sglang_sync import TorchBroadcaster
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -28,7 +28,7 @@ from epr_lightning.tasks import (
     parse_expression,
     safe_eval,
 )
-from epr_lightning.tasks.answers import ExpressionLimits, numbers_in
+from epr_lightning.tasks.expressions import ExpressionLimits, numbers_in
 from epr_lightning.tasks.property_numbers import has_property
 
 ROOT = Path(__file__).resolve().parents[1]

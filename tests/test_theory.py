@@ -1,4 +1,4 @@
-"""Theorem 1 (first-order entropy change) and REPO's decorrelating β on an exact softmax policy (paper.md §2-3)."""
+"""Theorem 1 (first-order entropy change) and REPO's decorrelating β on an exact softmax policy (docs/methods.md §1 and §5.1)."""
 
 import math
 
@@ -53,7 +53,7 @@ def test_first_order_prediction_matches_exact_step():
     measured = _measured_delta_entropy(z, adv, ETA)
     predicted = first_order_delta_entropy(z, adv, ETA)
     assert ((measured - predicted).abs() / predicted.abs()).max().item() < 0.01
-    # with a pi-centred advantage it is paper.md's -eta * sum_a pi^2 A L
+    # with a pi-centred advantage it is the reported form -eta * sum_a pi^2 A L
     p, ell = torch.softmax(z, -1), centred_logprob_full(z)
     a_c = adv - (p * adv).sum(-1, keepdim=True)
     torch.testing.assert_close(predicted, -ETA * (p * p * a_c * ell).sum(-1))

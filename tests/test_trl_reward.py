@@ -49,7 +49,10 @@ def in_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def examples(n: int) -> list[Example]:
-    return [Example(id=str(i), prompt=f"p{i}", answer=str(i), meta={"target_len": 3, "_prompt_ids": [1]}) for i in range(n)]
+    return [
+        Example(id=str(i), prompt=f"p{i}", answer=str(i), meta={"target_len": 3, "_prompt_ids": [1]})
+        for i in range(n)
+    ]
 
 
 def test_functions_are_called_once_per_batch_with_columns_and_weights(in_workdir: Path) -> None:
@@ -79,7 +82,9 @@ def test_chat_prompts_reach_the_function_as_messages(in_workdir: Path) -> None:
     assert module.CALLS[-1][:2] == ([chat], [[{"role": "assistant", "content": "ok"}]])
 
 
-@pytest.mark.parametrize("name,kind", [("broken", "error:RuntimeError"), ("short", "error:ValueError"), ("hangs", "timeout")])
+@pytest.mark.parametrize(
+    "name,kind", [("broken", "error:RuntimeError"), ("short", "error:ValueError"), ("hangs", "timeout")]
+)
 def test_a_failing_function_zeroes_the_batch_and_is_counted(in_workdir: Path, name: str, kind: str) -> None:
     reward = TRLReward(path="my_rewards.py", functions=name)
     result = score_completions(reward, examples(4), ["a", "b", "c", "d"], timeout_s=0.5, max_workers=4)

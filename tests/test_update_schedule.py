@@ -11,7 +11,7 @@ from epr_lightning.module import RLModule
 from epr_lightning.objectives import Objective, REINFORCELoss
 from epr_lightning.rollout.base import TokenBatch
 from epr_lightning.tiny import char_tokenizer
-from epr_lightning.training import minibatch_rows
+from epr_lightning.update import minibatch_rows
 
 
 def test_minibatch_rows():

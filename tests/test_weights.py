@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 
+from epr_lightning.hf_weights import hf_name
 from epr_lightning.rollout.weights import (
     FlatBucket,
     flatten_bucket,
-    hf_name,
     iter_buckets,
     iter_hf_weights,
     save_hf_folder,
@@ -103,7 +103,7 @@ def test_dtensor_is_gathered_with_full_tensor() -> None:
         sharded = distribute_tensor(full, init_device_mesh("cpu", (1,)), [Shard(0)])
 
         class Holder(torch.nn.Module):
-            def state_dict(self, *a, **k):  # noqa: ANN002,ANN003,ANN202
+            def state_dict(self, *a, **k):
                 return {"_orig_mod.w": sharded}
 
         ((name, tensor),) = list(iter_hf_weights(Holder(), dtype=torch.float64))
@@ -153,7 +153,7 @@ def test_flattened_bucket_round_trip_mixed_dtypes() -> None:
         unflatten_bucket(bad)
 
 
-def test_save_hf_folder_loads_with_transformers(tmp_path, model: torch.nn.Module) -> None:  # noqa: ANN001
+def test_save_hf_folder_loads_with_transformers(tmp_path, model: torch.nn.Module) -> None:
     from transformers import AutoModelForCausalLM
 
     files = save_hf_folder(model, tmp_path, dtype=None, shard_bytes=20_000)

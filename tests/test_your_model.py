@@ -86,7 +86,9 @@ def test_stop_ids_are_the_union_of_tokenizer_and_generation_config_eos(tmp_path:
     from epr_lightning.module import RLModule
     from epr_lightning.rollout.base import SamplingParams
 
-    module = RLModule(policy=HFModel(str(folder)), sampling=SamplingParams(max_new_tokens=10, stop_token_ids=[5]))
+    module = RLModule(
+        policy=HFModel(str(folder)), sampling=SamplingParams(max_new_tokens=10, stop_token_ids=[5])
+    )
     module.configure_model()
     assert module.sampling.stop_token_ids == [5, tok.eos_token_id, extra]
     head = torch.nn.Linear(16, len(tok), bias=True)
@@ -122,8 +124,11 @@ def test_chat_template_kwargs_and_message_prompts_reach_the_template(tmp_path: P
             {"role": "user", "content": "c"}]  # fmt: skip
     examples = [Example(id="1", prompt="x"), Example(id="2", prompt="c", messages=chat)]
     kept = module.admit_prompts(examples)
-    texts = [module.tokenizer.decode(e.meta["_prompt_ids"]) for e in kept]
-    assert texts == ["[no-think]<user>x<assistant>", "[no-think]<system>S<user>a<assistant>b<user>c<assistant>"]
+    texts = [module.tokenizer.decode(ids) for ids in kept.ids]
+    assert texts == [
+        "[no-think]<user>x<assistant>",
+        "[no-think]<system>S<user>a<assistant>b<user>c<assistant>",
+    ]
     # a system prompt is put first unless the messages bring their own
     ids = encode_prompts(module.tokenizer, ["x", chat[1:], chat], system_prompt="T")
     assert [module.tokenizer.decode(i) for i in ids] == [

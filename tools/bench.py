@@ -67,7 +67,9 @@ class StepTimer:
             cb.on_train_batch_end = wrapped
 
 
-def bench_step(model: str, iterations: int, prompts: int, generations: int, new_tokens: int) -> dict[str, float]:
+def bench_step(
+    model: str, iterations: int, prompts: int, generations: int, new_tokens: int
+) -> dict[str, float]:
     import lightning.pytorch as pl
     from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
 
@@ -88,7 +90,9 @@ def bench_step(model: str, iterations: int, prompts: int, generations: int, new_
         num_generations=generations,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
     )
-    data = PromptDataModule(ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations)
+    data = PromptDataModule(
+        ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
+    )
     monitors = [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
     timer = StepTimer(monitors)
     trainer = pl.Trainer(
@@ -105,8 +109,7 @@ def bench_step(model: str, iterations: int, prompts: int, generations: int, new_
     trainer.fit(module, datamodule=data)
 
     # Raw baselines on the same prompts and the same policy, same sampling settings.
-    examples = module.admit_prompts(timer.last_batch)
-    prompt_ids = [e.meta["_prompt_ids"] for e in examples]
+    prompt_ids = module.admit_prompts(timer.last_batch).ids
     rollout = module.engine.generate(prompt_ids, module.sampling, generations, model=module.policy)
     tokens = rollout.to_batch(module.pad_id)
     policy_model = module.policy
@@ -121,8 +124,13 @@ def bench_step(model: str, iterations: int, prompts: int, generations: int, new_
     def raw_generate() -> None:
         with torch.no_grad():
             policy_model.generate(
-                input_ids=ids, attention_mask=attn, do_sample=True, top_k=0, max_new_tokens=new_tokens,
-                pad_token_id=module.pad_id, eos_token_id=module.tokenizer.eos_token_id,
+                input_ids=ids,
+                attention_mask=attn,
+                do_sample=True,
+                top_k=0,
+                max_new_tokens=new_tokens,
+                pad_token_id=module.pad_id,
+                eos_token_id=module.tokenizer.eos_token_id,
             )
 
     def raw_fwd_bwd() -> None:
@@ -192,17 +200,29 @@ def bench_memory(tokens: int = 8192, vocab: int = 49152, hidden: int = 576) -> d
     for variant in ("naive", "chunked"):
         proc = subprocess.run(
             [sys.executable, "-c", MEMORY_CHILD, variant, str(tokens), str(vocab), str(hidden)],
-            capture_output=True, text=True, check=True, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         )
         out[variant] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return {"naive_peak_mb": out["naive"] / 2**20, "chunked_peak_mb": out["chunked"] / 2**20,
-            "memory_ratio": out["chunked"] / out["naive"]}
+    return {
+        "naive_peak_mb": out["naive"] / 2**20,
+        "chunked_peak_mb": out["chunked"] / 2**20,
+        "memory_ratio": out["chunked"] / out["naive"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
-                        help="tiny = 4-layer random Llama with a 49k vocabulary; smollm2 = the packaged model")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="tiny = 4-layer random Llama with a 49k vocabulary; smollm2 = the packaged model",
+    )
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
@@ -216,21 +236,29 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if not args.skip_step:
         r = bench_step(args.model, args.iterations, args.prompts, args.generations, args.new_tokens)
-        print(f"[step] model={args.model} prompts={args.prompts}x{args.generations} new_tokens<={args.new_tokens} "
-              f"tokens={r['tokens_generated']:.0f}")
+        print(
+            f"[step] model={args.model} prompts={args.prompts}x{args.generations} new_tokens<={args.new_tokens} "
+            f"tokens={r['tokens_generated']:.0f}"
+        )
         print(f"  raw generate        {r['raw_generate_s']:.3f} s")
         print(f"  raw forward+backward{r['raw_fwd_bwd_s']:8.3f} s")
         print(f"  our training step   {r['step_s']:.3f} s")
-        print(f"  ratio step/(gen+fb) {r['step_ratio']:.3f}   (goal <= 1.10) {'OK' if r['step_ratio'] <= 1.10 else 'OVER'}")
-        print(f"  monitoring          {r['monitor_s']:.3f} s = {100 * r['monitor_share']:.1f}% of the step "
-              f"(goal <= 5%) {'OK' if r['monitor_share'] <= 0.05 else 'OVER'}")
+        print(
+            f"  ratio step/(gen+fb) {r['step_ratio']:.3f}   (goal <= 1.10) {'OK' if r['step_ratio'] <= 1.10 else 'OVER'}"
+        )
+        print(
+            f"  monitoring          {r['monitor_s']:.3f} s = {100 * r['monitor_share']:.1f}% of the step "
+            f"(goal <= 5%) {'OK' if r['monitor_share'] <= 0.05 else 'OVER'}"
+        )
         ok &= r["step_ratio"] <= 1.10 and r["monitor_share"] <= 0.05
     if not args.skip_memory:
         m = bench_memory()
         print("[memory] 8192 tokens x 49152 vocab, hidden 576, forward+backward of log-probs and entropy")
         print(f"  full fp32 logits    {m['naive_peak_mb']:.0f} MiB")
         print(f"  chunked fp32 pass   {m['chunked_peak_mb']:.0f} MiB")
-        print(f"  ratio               {m['memory_ratio']:.3f}   (goal <= 0.25) {'OK' if m['memory_ratio'] <= 0.25 else 'OVER'}")
+        print(
+            f"  ratio               {m['memory_ratio']:.3f}   (goal <= 0.25) {'OK' if m['memory_ratio'] <= 0.25 else 'OVER'}"
+        )
         ok &= m["memory_ratio"] <= 0.25
     return 0 if ok else 1
 

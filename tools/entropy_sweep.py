@@ -65,14 +65,19 @@ def main(argv: list[str] | None = None) -> list[tuple[str, ...]]:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vary", required=True, help="KEY=V1,V2,... (a CLI key, e.g. model.init_args.ppo_epochs=1,2)")
+    p.add_argument(
+        "--vary", required=True, help="KEY=V1,V2,... (a CLI key, e.g. model.init_args.ppo_epochs=1,2)"
+    )
     p.add_argument("--method", default="dapo", help="configs/method/<method>.yaml on the closed-loop toy")
     p.add_argument("--config", action="append", default=[], help="train these configs instead of the toy")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--iterations", type=int, default=20, help="toy only (your configs set their own)")
     args = p.parse_args(argv)
     key, values = parse_vary(args.vary)
-    for name in ("lightning.pytorch", "lightning.fabric"):  # no "GPU available", tips, "Seed set", "fit stopped"
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+    ):  # no "GPU available", tips, "Seed set", "fit stopped"
         logging.getLogger(name).setLevel(logging.WARNING)
     sys.argv = sys.argv[:1]  # the runs get their args explicitly (LightningCLI warns when both are present)
     if not args.config:

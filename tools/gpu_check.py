@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from the working tree, uninstalled
 
-import torch  # noqa: E402
+import torch
 
-from epr_lightning.rollout.hf import HFEngine  # noqa: E402
+from epr_lightning.rollout.hf import HFEngine
 
 SHAPES = {
     # ~0.62B parameters with the Qwen2/Qwen3 vocabulary (0.31B of them embeddings + untied head)
@@ -84,7 +84,9 @@ def step_timer() -> Any:
             sync(pl_module.device)
             self._start = time.perf_counter()
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             sync(pl_module.device)
             self.seconds.append(time.perf_counter() - self._start)
             dev = pl_module.device
@@ -93,7 +95,9 @@ def step_timer() -> Any:
     return StepTimer()
 
 
-def precision_check(shape: dict[str, Any], device: torch.device, seq_len: int, batch: int) -> dict[str, float]:
+def precision_check(
+    shape: dict[str, Any], device: torch.device, seq_len: int, batch: int
+) -> dict[str, float]:
     """|Δ log-prob| and |Δ entropy| against an all-fp32 reference, for (a) this package's path under bf16
     autocast (bf16 decoder, fp32 LM head and softmax) and (b) a naive bf16 model with bf16 logits."""
     from epr_lightning.logprobs import naive_logprobs_entropy, token_logprobs_and_entropy
@@ -215,11 +219,15 @@ def sglang_check(args: argparse.Namespace, shape: dict[str, Any]) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         tok = char_tokenizer()
         kw = {k: v for k, v in shape.items() if k != "vocab_size"}
-        model = tiny_causal_lm(shape["vocab_size"], eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+        model = tiny_causal_lm(
+            shape["vocab_size"], eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw
+        )
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         del model
-        engine = SGLangEngine(model_path=tmp, dtype="bfloat16", mem_fraction_static=0.3, enable_memory_saver=True)
+        engine = SGLangEngine(
+            model_path=tmp, dtype="bfloat16", mem_fraction_static=0.3, enable_memory_saver=True
+        )
         try:
             timed = _TimedEngine(engine)
             module, timer = train_run(args, shape, timed, "bf16-mixed", "auto", "float32")
@@ -250,7 +258,9 @@ class _TimedEngine:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (gloo) instead of one GPU")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (for --cpu code-path checks)")
     parser.add_argument("--steps", type=int, default=None, help="RL iterations (first is warm-up)")

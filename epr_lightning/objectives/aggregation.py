@@ -15,7 +15,7 @@ process), the counts are the local ones and the formulas above hold as written.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -73,5 +73,5 @@ def aggregate(
         length = norm_length if norm_length is not None else float(mask.sum(dim=1).max().clamp_min(1.0))
         total, count = masked.sum() / length, norm.sequences
     else:
-        raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AggregationMode.__args__}")
+        raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {get_args(AggregationMode)}")
     return total * norm.world_size / max(count, 1.0)

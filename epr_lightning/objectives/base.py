@@ -55,6 +55,21 @@ class LossOutput:
     token_stats: dict[str, Tensor] = field(default_factory=dict)
 
 
+class Adaptable:
+    """A piece whose coefficients named in ``coefficient_names`` are saved and restored with the objective
+    (None values are left out)."""
+
+    coefficient_names: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, float]:
+        values = {name: getattr(self, name) for name in self.coefficient_names}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
 class AdvantageEstimator(ABC):
     """Sequence-level advantages from scalar rewards and group membership."""
 
@@ -63,7 +78,7 @@ class AdvantageEstimator(ABC):
         """rewards [N] float, group_index [N] long → advantages [N]."""
 
 
-class AdvantageTransform(ABC):
+class AdvantageTransform(Adaptable, ABC):
     """Token-level rewrite of the advantages (REPO family, masks…); applied per minibatch.
 
     ``logp`` is the detached log-prob of the sampled token (the current policy's or π_old's, as the
@@ -85,16 +100,8 @@ class AdvantageTransform(ABC):
     ) -> Tensor:
         """advantages [n, T] → advantages [n, T]."""
 
-    def state_dict(self) -> dict[str, float]:
-        """Adaptable coefficients (restored on resume)."""
-        return {}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
-
-class PolicyLoss(ABC):
+class PolicyLoss(Adaptable, ABC):
     """The surrogate: per-token (or per-sequence) policy-gradient loss before aggregation."""
 
     #: True when the loss is only valid strictly on-policy (one update per rollout, no ratio).
@@ -104,15 +111,8 @@ class PolicyLoss(ABC):
     def __call__(self, batch: PolicyBatch) -> LossOutput:
         """Returns ``LossOutput`` whose ``loss`` is a per-token [n, T] tensor (aggregated by the Objective)."""
 
-    def state_dict(self) -> dict[str, float]:
-        return {}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
-
-class LossTerm(ABC):
+class LossTerm(Adaptable, ABC):
     """An extra per-token term added to the policy loss (entropy bonus, KL to reference, KL-Cov…)."""
 
     needs_entropy_grad: bool = False
@@ -121,13 +121,6 @@ class LossTerm(ABC):
     @abstractmethod
     def __call__(self, batch: PolicyBatch) -> LossOutput:
         """Returns a per-token [n, T] loss (aggregated together with the policy loss)."""
-
-    def state_dict(self) -> dict[str, float]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ reference policy. (Clip-Cov / KL-Cov wrap the surrogate instead and live in ``lo
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor
 
@@ -26,7 +26,7 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -
         return 0.5 * d * d
     if estimator == "k3":
         return d.exp() - d - 1.0
-    raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+    raise ValueError(f"estimator must be one of {get_args(KLEstimator)}, got {estimator!r}")
 
 
 def _check_coef(coef: float) -> float:
@@ -67,8 +67,7 @@ class EntropyBonus(LossTerm):
         }
         return LossOutput(loss=per_token, metrics=metrics)
 
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef} if self.target is None else {"coef": self.coef, "target": self.target}
+    coefficient_names = ("coef", "target")
 
 
 class KLPenalty(LossTerm):
@@ -83,8 +82,8 @@ class KLPenalty(LossTerm):
 
     def __init__(self, coef: float = 1e-3, estimator: KLEstimator = "k3") -> None:
         self.coef = _check_coef(coef)
-        if estimator not in KLEstimator.__args__:
-            raise ValueError(f"estimator must be one of {KLEstimator.__args__}, got {estimator!r}")
+        if estimator not in get_args(KLEstimator):
+            raise ValueError(f"estimator must be one of {get_args(KLEstimator)}, got {estimator!r}")
         self.estimator = estimator
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:
@@ -93,5 +92,4 @@ class KLPenalty(LossTerm):
         kl = kl_estimate(batch.logp, batch.ref_logp, self.estimator)
         return LossOutput(loss=self.coef * kl, metrics={"kl_ref": masked_mean(kl.detach(), batch.mask)})
 
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
+    coefficient_names = ("coef",)

@@ -7,7 +7,7 @@
 | ``REINFORCELoss`` | −A·log π, strictly on-policy (RLOO as in the paper) |
 | ``ClipCovLoss`` / ``KLCovLoss`` | wrap a base loss; Cui et al. 2025 covariance-targeted interventions |
 
-Ratios are computed in fp32 from an fp32 log-prob difference (paper.md §7). Optional truncated importance
+Ratios are computed in fp32 from an fp32 log-prob difference (docs/methods.md §9). Optional truncated importance
 sampling (``tis_cap``) reweights each token by min(π_old/π_sampler, C), correcting the trainer/sampler mismatch.
 """
 
@@ -42,17 +42,6 @@ def clip_masks(
     upper = (adv > 0) & (ratio > 1.0 + eps_high) & m
     lower = (adv < 0) & (ratio < 1.0 - eps_low) & m
     return upper.to(mask.dtype), lower.to(mask.dtype)
-
-
-def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """Schulman's k3 estimator of KL(π‖π_ref) from samples of π: e^{ref−logp} − (ref−logp) − 1 ≥ 0."""
-    d = ref_logp - logp
-    return d.exp() - d - 1.0
-
-
-def tis_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
-    """Truncated importance weight min(π_old/π_sampler, C), detached."""
-    return (old_logp.float() - sampler_logp.float()).exp().clamp_max(cap).detach()
 
 
 def token_covariance(adv: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
@@ -171,8 +160,7 @@ class PPOClipLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    def state_dict(self) -> dict[str, float]:
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+    coefficient_names = ("eps_low", "eps_high")
 
 
 class GSPOLoss(PolicyLoss):
@@ -217,8 +205,7 @@ class GSPOLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    def state_dict(self) -> dict[str, float]:
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+    coefficient_names = ("eps_low", "eps_high")
 
 
 class REINFORCELoss(PolicyLoss):
@@ -361,5 +348,4 @@ class KLCovLoss(_CovWrapper):
         stats = dict(out.token_stats, cov_kl=chosen)
         return LossOutput(loss=out.loss + penalty, metrics=metrics, token_stats=stats)
 
-    def state_dict(self) -> dict[str, float]:
-        return {"kl_coef": self.kl_coef}
+    coefficient_names = ("kl_coef",)

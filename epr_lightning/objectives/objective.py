@@ -7,6 +7,8 @@ and are saved through ``state_dict`` into every checkpoint.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from torch import Tensor
 
 from epr_lightning.objectives.advantages import GRPOAdvantage
@@ -49,9 +51,13 @@ class Objective:
         norm_length: int | None = None,
     ) -> None:
         if transform_logprob not in ("current", "old"):
-            raise ValueError(f"objective.transform_logprob must be 'current' or 'old', got {transform_logprob!r}")
-        if aggregation not in AggregationMode.__args__:
-            raise ValueError(f"objective.aggregation must be one of {AggregationMode.__args__}, got {aggregation!r}")
+            raise ValueError(
+                f"objective.transform_logprob must be 'current' or 'old', got {transform_logprob!r}"
+            )
+        if aggregation not in get_args(AggregationMode):
+            raise ValueError(
+                f"objective.aggregation must be one of {get_args(AggregationMode)}, got {aggregation!r}"
+            )
         self.advantage = advantage if advantage is not None else GRPOAdvantage()
         self.transforms = list(transforms or [])
         self.loss = loss if loss is not None else PPOClipLoss()
@@ -68,10 +74,6 @@ class Objective:
             self.norm_length = int(max_new_tokens)
 
     # -- what the module must compute for us ---------------------------------------------------------
-    @property
-    def needs_entropy(self) -> bool:
-        return any(t.needs_entropy for t in self.transforms) or self.needs_entropy_grad
-
     @property
     def needs_entropy_grad(self) -> bool:
         return any(t.needs_entropy_grad for t in self.terms)
@@ -110,6 +112,7 @@ class Objective:
         Metric names come back namespaced: ``loss/pg``, ``loss/<TermClass>``, ``loss/total`` and
         ``policy/<name>`` for what the pieces report (clip fractions, ratios…).
         """
+
         def reduce(per_token: Tensor) -> Tensor:
             return aggregate(per_token, batch.mask, self.aggregation, self.norm_length, normaliser)
 

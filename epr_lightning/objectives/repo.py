@@ -1,6 +1,6 @@
 """REPO family: rewrite the token advantages so that a policy-gradient step stops draining entropy.
 
-Theorem 1 of the paper (paper.md §2): ΔH ≈ −η·E_π[π·A·L] with L = log π + H (the centred log-prob). Subtracting
+Theorem 1 of the paper (docs/methods.md §1): ΔH ≈ −η·E_π[π·A·L] with L = log π + H (the centred log-prob). Subtracting
 β·L from the advantage adds η·β·E_π[π·L²] ≥ 0 (for β > 0) to that change.
 
 | Class | A' | coefficient |
@@ -39,14 +39,14 @@ def centred_logprob(logp: Tensor, entropy: Tensor) -> Tensor:
 
 
 def repo_advantages(advantages: Tensor, logp: Tensor, entropy: Tensor, beta: float | Tensor) -> Tensor:
-    """General REPO: A − β·L (paper.md §3)."""
+    """General REPO: A − β·L (docs/methods.md §5.1)."""
     return advantages - beta * centred_logprob(logp, entropy)
 
 
 def repo_r_advantages(
     advantages: Tensor, logp: Tensor, zeta: float, logp_floor: float = -20.0, sign_preserving: bool = True
 ) -> Tensor:
-    """REPO-R: A_R = A − ζ·|A|·max(log π, floor) (paper.md §4).
+    """REPO-R: A_R = A − ζ·|A|·max(log π, floor) (docs/methods.md §5.2).
 
     With ``sign_preserving`` A_R is clamped to ≥ 0 where A > 0 and ≤ 0 where A < 0 (binds only for
     log π < −1/|ζ|). A = 0 stays 0.
@@ -91,7 +91,7 @@ class REPO(AdvantageTransform):
 
     Args:
         beta: β; > 0 adds entropy, < 0 removes it, 0 is the identity. A constant β is a score-function
-            estimate of an entropy bonus β·H (paper.md §3).
+            estimate of an entropy bonus β·H (docs/methods.md §5.1).
     """
 
     needs_entropy = True
@@ -116,12 +116,11 @@ class REPO(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"beta": self.beta}
+    coefficient_names = ("beta",)
 
 
 class REPOR(AdvantageTransform):
-    """REPO-R, the paper's headline variant: A_R = A − ζ·|A|·log π(a|s) (paper.md §4, sign clamp from SkyRL).
+    """REPO-R, the paper's headline variant: A_R = A − ζ·|A|·log π(a|s) (docs/methods.md §5.2, sign clamp from SkyRL).
 
     Args:
         zeta: ζ, adapted by the ζ controller (signed; |ζ| in [1e-4, 0.05] there).
@@ -155,12 +154,11 @@ class REPOR(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"zeta": self.zeta}
+    coefficient_names = ("zeta",)
 
 
 class REPOD(AdvantageTransform):
-    """[X] EXPERIMENTAL REPO-D, our reconstruction (paper.md §6), not the paper's formula.
+    """[X] EXPERIMENTAL REPO-D, our reconstruction (docs/methods.md §5.3), not the paper's formula.
 
     A' = A − β·L with β = ζ·Σ A·(π·L − S) / Σ π·L² over the minibatch's masked sampled tokens (π = exp(log π)
     of the sampled token, L = log π + H, S = Σ_a π_a²·L_a at that position). ζ = 1 is the first-order decorrelating coefficient; the ζ controller
@@ -199,5 +197,4 @@ class REPOD(AdvantageTransform):
         }
         return out
 
-    def state_dict(self) -> dict[str, float]:
-        return {"zeta": self.zeta}
+    coefficient_names = ("zeta",)

@@ -1,4 +1,4 @@
-"""Entropy dynamics of a policy-gradient step (paper.md §2–3): pure functions for the ΔH diagnostic.
+"""Entropy dynamics of a policy-gradient step (docs/methods.md §1 and §5.1): pure functions for the ΔH diagnostic.
 
 Setting: per state s a softmax policy π = softmax(z_s) over V actions and advantages A(s, ·). One exact
 gradient-ascent step on J = Σ_s Σ_a π(a|s)·A(s,a) w.r.t. the logits moves
@@ -7,8 +7,8 @@ gradient-ascent step on J = Σ_s Σ_a π(a|s)·A(s,a) w.r.t. the logits moves
 
     ΔH(s) = −η·Σ_a π(a)²·(A(a) − E_π A)·L(a).                                    [X] (precise form)
 
-For a true advantage (E_π A = 0 per state) this is paper.md's −η·Σ_a π²·A·L = −η·E_{a∼π}[π·A·L]; in general
-only the π-centred part of A matters (adding a constant to A(s,·) does not change the step). Each state's
+For a true advantage (E_π A = 0 per state) this is the reported form −η·Σ_a π²·A·L = −η·E_{a∼π}[π·A·L];
+in general only the π-centred part of A matters (adding a constant to A(s,·) does not change the step). Each state's
 logits move independently here, which is the theorem's "orthogonal score functions" assumption.
 
 REPO: A − β·L with β* = Σ π²·(A − E_π A)·L / Σ π²·L² cancels the first-order change (E_π L = 0, so the shift

@@ -138,6 +138,8 @@ class RolloutEngine(ABC):
 
     #: incremented by ``push_weights``; stored in each Rollout.
     weight_version: int = 0
+    #: incremented by ``generate``; seeds each call's sampling.
+    generate_calls: int = 0
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, rank: int = 0, world_size: int = 1) -> None:
         """Called once in ``LightningModule.setup`` after the policy is built (before any generate)."""
@@ -165,4 +167,13 @@ class RolloutEngine(ABC):
         """Release generation memory before the trainer's update."""
 
     def shutdown(self) -> None:
-        """Free every resource (processes, servers, sockets)."""
+        """Free every resource (processes, servers, sockets); called from ``RLModule.teardown``."""
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in the trainer checkpoint so a resumed run continues weight versions and sampling seeds."""
+        return {"weight_version": self.weight_version, "generate_calls": self.generate_calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.weight_version = int(state["weight_version"])
+        # older checkpoints of the HF engine name the counter "calls"
+        self.generate_calls = int(state["generate_calls"] if "generate_calls" in state else state["calls"])

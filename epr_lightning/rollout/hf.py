@@ -27,20 +27,13 @@ class HFEngine(RolloutEngine):
             raise ValueError(f"engine.generation_batch_size must be > 0, got {generation_batch_size}")
         self.generation_batch_size = generation_batch_size
         self.weight_version = 0
-        self.calls = 0
+        self.generate_calls = 0
         self.rank = 0
         self.world_size = 1
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, rank: int = 0, world_size: int = 1) -> None:
         self.tokenizer = tokenizer
         self.rank, self.world_size = rank, world_size
-
-    def state_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "weight_version": self.weight_version}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.calls = int(state["calls"])
-        self.weight_version = int(state["weight_version"])
 
     @torch.no_grad()
     def generate(
@@ -57,8 +50,8 @@ class HFEngine(RolloutEngine):
         groups = [g for g in range(len(prompt_ids)) for _ in range(num_samples)]
         stops = stop_ids(params, self.tokenizer)
         # Reseed per call, outside the global RNG stream, so a resumed run samples the same tokens.
-        seed = params.seed + 100_003 * self.calls + 7919 * self.rank
-        self.calls += 1
+        seed = params.seed + 100_003 * self.generate_calls + 7919 * self.rank
+        self.generate_calls += 1
         device = next(model.parameters()).device
         devices = [device] if device.type == "cuda" else []
         completions: list[list[int]] = []
@@ -86,7 +79,7 @@ class HFEngine(RolloutEngine):
 
     def _generate_chunk(
         self,
-        model: torch.nn.Module,
+        model: Any,
         prompts: list[list[int]],
         params: SamplingParams,
         stop_ids: list[int],

@@ -64,6 +64,23 @@ def build_requests(
     return inputs, [sglang_sampling_params(params, stops, s if send_seed else None) for s in seeds]
 
 
+def next_requests(
+    engine: Any, prompt_ids: list[list[int]], num_samples: int, params: SamplingParams
+) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """:func:`build_requests` for an SGLang engine's next ``generate`` call (advances its ``generate_calls``)."""
+    requests = build_requests(
+        prompt_ids,
+        num_samples,
+        params,
+        engine.tokenizer,
+        engine.rank,
+        engine.generate_calls,
+        engine.send_sampling_seed,
+    )
+    engine.generate_calls += 1
+    return requests
+
+
 def sglang_sampling_params(
     params: SamplingParams, stop_token_ids: list[int], seed: int | None
 ) -> dict[str, Any]:
@@ -216,7 +233,7 @@ class SGLangEngine(RolloutEngine):
         self.engine: Any = None
         self.weight_version = 0
         self.rank = 0
-        self._calls = 0
+        self.generate_calls = 0
         self._asleep = False
         self._pending: torch.nn.Module | None = None
 
@@ -323,10 +340,7 @@ class SGLangEngine(RolloutEngine):
         engine = self._require_engine()
         if self._asleep:
             raise RuntimeError("SGLangEngine.generate called while asleep; call wake_up() first")
-        inputs, sps = build_requests(
-            prompt_ids, num_samples, params, self.tokenizer, self.rank, self._calls, self.send_sampling_seed
-        )
-        self._calls += 1
+        inputs, sps = next_requests(self, prompt_ids, num_samples, params)
 
         def submit(idx: list[int]) -> list[dict[str, Any]]:
             out = engine.generate(
@@ -338,14 +352,6 @@ class SGLangEngine(RolloutEngine):
 
         outputs = generate_with_resubmit(submit, len(inputs), "in-process engine")
         return build_rollout(prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version)
-
-    def state_dict(self) -> dict[str, int]:
-        """Saved in the trainer checkpoint so a resumed run continues versions and sampling seeds."""
-        return {"weight_version": self.weight_version, "generate_calls": self._calls}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.weight_version = int(state["weight_version"])
-        self._calls = int(state["generate_calls"])
 
     def shutdown(self) -> None:
         if self.engine is not None:

@@ -14,7 +14,7 @@ Weight sync (trainer rank 0 talks to the servers; every rank gathers, since DTen
   (sglang ≤ 0.5.20); any other rejection of begin fails closed (nothing is pushed).
 
 The retrying JSON client is ``sglang_http.py`` (``SGLangHTTPError``), the trainer side of the weight-update
-group ``sglang_sync.py`` (``TorchBroadcaster``); both are re-exported here.
+group ``sglang_sync.py`` (``TorchBroadcaster``).
 """
 
 from __future__ import annotations
@@ -31,18 +31,10 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
-from epr_lightning.rollout.sglang import build_requests, build_rollout, generate_with_resubmit
+from epr_lightning.rollout.sglang import build_rollout, generate_with_resubmit, next_requests
 from epr_lightning.rollout.sglang_http import SGLangHTTPError, request_json
-from epr_lightning.rollout.sglang_sync import TorchBroadcaster, init_custom_process_group
+from epr_lightning.rollout.sglang_sync import TorchBroadcaster
 from epr_lightning.rollout.weights import dtype_name, iter_buckets, iter_hf_weights, save_hf_folder
-
-__all__ = [
-    "SGLangHTTPError",
-    "SGLangServerEngine",
-    "TorchBroadcaster",
-    "init_custom_process_group",
-    "request_json",
-]
 
 
 class SGLangServerEngine(RolloutEngine):
@@ -111,7 +103,7 @@ class SGLangServerEngine(RolloutEngine):
         self.group_name = "epr_weight_sync"
         self.weight_version = 0
         self.rank = 0
-        self._calls = 0
+        self.generate_calls = 0
         self._group_ready = False
         self._tmp_dir: str | None = None
         self._sleep = time.sleep
@@ -152,14 +144,6 @@ class SGLangServerEngine(RolloutEngine):
             for url in self.urls:
                 self.request(url, "/health_generate", method="GET")
 
-    def state_dict(self) -> dict[str, int]:
-        """Saved in the trainer checkpoint so a resumed run continues versions and sampling seeds."""
-        return {"weight_version": self.weight_version, "generate_calls": self._calls}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.weight_version = int(state["weight_version"])
-        self._calls = int(state["generate_calls"])
-
     def shutdown(self) -> None:
         if self._group_ready and self.rank == 0:
             for url in self.urls:
@@ -184,10 +168,7 @@ class SGLangServerEngine(RolloutEngine):
         *,
         model: torch.nn.Module | None = None,
     ) -> Rollout:
-        inputs, sps = build_requests(
-            prompt_ids, num_samples, params, self.tokenizer, self.rank, self._calls, self.send_sampling_seed
-        )
-        self._calls += 1
+        inputs, sps = next_requests(self, prompt_ids, num_samples, params)
         targets = [self.router_url] if self.router_url else self.urls
 
         def post(url: str, idx: list[int]) -> list[dict[str, Any]]:

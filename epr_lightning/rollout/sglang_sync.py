@@ -1,6 +1,6 @@
 """Trainer side of SGLang's ``"distributed"`` weight sync: the weight-update process group and broadcaster.
 
-``SGLangServerEngine`` (``sglang_server.py``, which re-exports these names) asks the servers to
+``SGLangServerEngine`` (``sglang_server.py``) asks the servers to
 ``init_weights_update_group`` while ``TorchBroadcaster.join`` enters the same group as rank 0; each bucket's
 tensors are then sent with ``TorchBroadcaster.broadcast``.
 """
@@ -36,7 +36,7 @@ def init_custom_process_group(
         [],
         Backend(backend),
         PrefixStore(group_name, store),
-        group_name=group_name,
+        group_name=group_name,  # type: ignore[arg-type]  # torch's private helper wants its GroupName NewType
         backend_options=None,
         timeout=timeout,
     )

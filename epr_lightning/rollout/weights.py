@@ -13,45 +13,8 @@ from typing import Any
 
 import torch
 
-#: wrapper prefixes inserted by torch.compile, FSDP1 and activation checkpointing (anywhere in a name).
-WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-#: prefix a peft ``PeftModel`` puts in front of the wrapped HF model's names.
-PEFT_PREFIX = "base_model.model."
-
-NamedTensor = tuple[str, torch.Tensor]
-
-
-def hf_name(name: str) -> str:
-    """The HF checkpoint name of a state-dict key: wrapper prefixes, a leading DDP ``module.``, peft's
-    ``base_model.model.`` prefix and LoRA's ``.base_layer`` are removed.
-
-    ``"_orig_mod.model._fsdp_wrapped_module.layers.0.mlp.up_proj.weight"`` → ``"model.layers.0.mlp.up_proj.weight"``
-    """
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    if name.startswith("module."):
-        name = name[len("module.") :]
-    if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX) :]
-    return name.replace(".base_layer.", ".")
-
-
-def is_lora_param(name: str) -> bool:
-    """True for peft adapter tensors (``lora_A``/``lora_B``/``lora_embedding_*``/``lora_magnitude_vector``)."""
-    return any(
-        f".{key}" in name for key in ("lora_A.", "lora_B.", "lora_embedding_", "lora_magnitude_vector")
-    )
-
-
-def _ties_lm_head(model: torch.nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return bool(getattr(config, "tie_word_embeddings", False))
-
-
-def to_full(tensor: torch.Tensor) -> torch.Tensor:
-    """The full (unsharded) tensor: ``.full_tensor()`` for DTensors (a collective), the tensor otherwise."""
-    full = getattr(tensor, "full_tensor", None)
-    return full() if callable(full) else tensor
+from epr_lightning.hf_weights import NamedTensor, iter_named_full
+from epr_lightning.lora import iter_merged_weights, lora_layers
 
 
 def iter_hf_weights(
@@ -71,25 +34,12 @@ def iter_hf_weights(
     A tied ``lm_head.weight`` is skipped (the engine ties it to ``embed_tokens`` itself, and HF's
     ``save_pretrained`` omits it too).
     """
-    from epr_lightning.lora import iter_merged_weights, lora_layers
-
     if merge_lora and lora_layers(model):
         # Out-of-place fp32 merge: the trained model is never modified (an in-place bf16 merge/unmerge
         # round trip drifts the base weights, trl#6688).
         yield from iter_merged_weights(model, dtype=dtype)
         return
-    tied = _ties_lm_head(model)
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if is_lora_param(key):
-                raise ValueError(f"state_dict key {key!r} is a LoRA adapter tensor; use merge_lora=True")
-            name = hf_name(key)
-            if tied and name == "lm_head.weight":
-                continue
-            full = to_full(tensor.detach())
-            if dtype is not None and full.is_floating_point() and full.dtype != dtype:
-                full = full.to(dtype)
-            yield name, full
+    yield from iter_named_full(model, dtype=dtype, lora_params="error")
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

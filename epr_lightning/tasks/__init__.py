@@ -2,19 +2,21 @@
 
 from epr_lightning.tasks.answers import (
     ExactAnswerReward,
-    ExpressionError,
-    ExpressionLimits,
-    canonical_expression,
     canonical_number,
     extract_final_answer,
     extract_number,
-    parse_expression,
-    safe_eval,
 )
 from epr_lightning.tasks.arithmetic import ArithmeticTask
 from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 from epr_lightning.tasks.countdown import CountdownReward, CountdownTask
 from epr_lightning.tasks.dataset import DatasetTask
+from epr_lightning.tasks.expressions import (
+    ExpressionError,
+    ExpressionLimits,
+    canonical_expression,
+    parse_expression,
+    safe_eval,
+)
 from epr_lightning.tasks.jsonl import JSONLTask, read_jsonl_examples
 from epr_lightning.tasks.math_reward import MathAnswerReward
 from epr_lightning.tasks.property_numbers import NumberPropertyReward, NumbersWithPropertyTask

@@ -6,7 +6,7 @@ last number in the completion. Which of the three found the answer is reported a
 give full credit to a tagged answer and partial (by default zero) credit to a fallback one.
 
 The safe arithmetic-expression evaluator (``safe_eval``, ``parse_expression``, ``canonical_expression``, …)
-and ``normalise_text`` live in ``expressions.py`` and are re-exported here.
+and ``normalise_text`` live in ``expressions.py``.
 """
 
 from __future__ import annotations
@@ -17,37 +17,8 @@ from typing import Literal
 
 from epr_lightning.tasks.base import Example, RewardFunction
 from epr_lightning.tasks.expressions import (
-    ExpressionError,
-    ExpressionLimits,
-    Node,
-    canonical_expression,
-    evaluate,
     normalise_text,
-    numbers_in,
-    parse_expression,
-    safe_eval,
 )
-
-__all__ = [
-    "MAX_NUMBER_CHARS",
-    "MAX_SCAN_CHARS",
-    "AnswerSource",
-    "ExactAnswerReward",
-    "ExpressionError",
-    "ExpressionLimits",
-    "ExtractedAnswer",
-    "Node",
-    "canonical_expression",
-    "canonical_number",
-    "canonical_text",
-    "evaluate",
-    "extract_final_answer",
-    "extract_number",
-    "normalise_text",
-    "numbers_in",
-    "parse_expression",
-    "safe_eval",
-]
 
 AnswerSource = Literal["boxed", "tagged", "fallback"]
 

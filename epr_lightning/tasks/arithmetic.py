@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
-from epr_lightning.tasks.answers import ExactAnswerReward, ExpressionError, safe_eval
+from epr_lightning.tasks.answers import ExactAnswerReward
 from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.expressions import ExpressionError, safe_eval
 
 ANSWER_INSTRUCTION = "Put the final answer after 'Answer:'."
 _OPS = "+-*/"

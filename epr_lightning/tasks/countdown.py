@@ -13,18 +13,18 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from epr_lightning.tasks.answers import (
+from epr_lightning.tasks.answers import extract_final_answer
+from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.expressions import (
     ExpressionError,
     ExpressionLimits,
     Node,
     canonical_expression,
     evaluate,
-    extract_final_answer,
     normalise_text,
     numbers_in,
     parse_expression,
 )
-from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 
 #: no unary minus: every literal in the answer must be one of the given numbers.
 COUNTDOWN_LIMITS = ExpressionLimits(max_len=256, max_depth=16, max_digits=6, allow_unary_minus=False)

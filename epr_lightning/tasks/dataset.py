@@ -32,7 +32,9 @@ def _check_exists(files: dict[str, list[str]]) -> None:
         for path in paths:
             if glob.has_magic(path):
                 if not glob.glob(path):
-                    raise FileNotFoundError(f"data_files: no file matches {path!r} (relative to {Path.cwd()})")
+                    raise FileNotFoundError(
+                        f"data_files: no file matches {path!r} (relative to {Path.cwd()})"
+                    )
             elif not Path(path).is_file():
                 raise FileNotFoundError(f"data_files: {path!r} does not exist (relative to {Path.cwd()})")
 
@@ -55,7 +57,8 @@ def _first_bad_json_line(files: dict[str, list[str]]) -> str | None:
 def _messages(value: Any, where: str) -> list[dict[str, Any]]:
     """A chat-message prompt, checked: a non-empty list of ``{"role": str, "content": str}``."""
     if not value or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
     ):
         raise ValueError(f"{where}: a message-list prompt must be [{{'role': ..., 'content': ...}}, ...]")
     return [{"role": m["role"], "content": m["content"]} for m in value]
@@ -113,7 +116,9 @@ class DatasetTask(Task):
         if split not in self.files:
             raise ValueError(f"task.split {split!r} is not a split of data_files (have {sorted(self.files)})")
         if val_split is not None and val_split not in self.files:
-            raise ValueError(f"task.val_split {val_split!r} is not a split of data_files (have {sorted(self.files)})")
+            raise ValueError(
+                f"task.val_split {val_split!r} is not a split of data_files (have {sorted(self.files)})"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"task.val_fraction must be in [0, 1), got {val_fraction}")
         if val_size is not None and val_size < 0:
@@ -165,7 +170,7 @@ class DatasetTask(Task):
             loaded = datasets.load_dataset(self.format, data_files=self.files, cache_dir=self.cache_dir)
         except Exception as err:  # a file that does not parse: say which (and for JSON Lines, which line)
             located = _first_bad_json_line(self.files) if self.format == "json" else None
-            root = err
+            root: BaseException = err
             while root.__cause__ is not None:  # datasets wraps the parser's error
                 root = root.__cause__
             first_line = (str(root).strip().splitlines() or [type(root).__name__])[0]
@@ -176,7 +181,9 @@ class DatasetTask(Task):
         for name, data in loaded.items():
             for column in filter(None, needed):
                 if column not in data.column_names:
-                    role = {self.prompt_column: "prompt", self.answer_column: "answer", self.id_column: "id"}[column]
+                    role = {self.prompt_column: "prompt", self.answer_column: "answer", self.id_column: "id"}[
+                        column
+                    ]
                     raise ValueError(
                         f"{self._where(name)}: no column {column!r} (the {role}_column); columns are {data.column_names}"
                     )
@@ -232,7 +239,9 @@ class DatasetTask(Task):
             else:
                 n_val = self.val_size if self.val_size is not None else round(self.val_fraction * len(train))
                 if n_val >= len(train):
-                    raise ValueError(f"task: holding out {n_val} of {len(train)} rows leaves nothing to train on")
+                    raise ValueError(
+                        f"task: holding out {n_val} of {len(train)} rows leaves nothing to train on"
+                    )
                 order = list(range(len(train)))
                 random.Random(self.seed).shuffle(order)
                 held = set(order[:n_val])

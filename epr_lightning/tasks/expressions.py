@@ -6,7 +6,7 @@ The evaluator never calls ``eval``/``exec``: it is a recursive-descent parser ov
 exponentiation (``**`` is a syntax error), overlong input, deep nesting, long literals and huge intermediate
 values, so every call finishes in time bounded by ``max_len``.
 
-Used by ``answers.py`` (which re-exports these names), ``arithmetic.py`` and ``countdown.py``.
+Used by ``answers.py``, ``arithmetic.py`` and ``countdown.py``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ def canonical_expression(node: Node, commutative: bool = True) -> str:
     if commutative:
         level = _PREC[op]
         pos_op, neg_op = ("+", "-") if level == 1 else ("*", "/")
-        pos, neg = [], []
+        pos: list[str] = []
+        neg: list[str] = []
         for positive, child in _signed_terms(node, pos_op, neg_op):
             s = canonical_expression(child, commutative)
             if _prec(child) <= level:  # only possible for a sum inside a product

@@ -73,7 +73,7 @@ def serve() -> None:
     try:  # import and warm up everything a check may load lazily (outside any timeout)
         for gold, answer in WARM_UP:
             check_answer(gold, answer)
-    except Exception as err:  # noqa: BLE001 — report why the worker cannot serve
+    except Exception as err:
         out.write(json.dumps(["error", f"{type(err).__name__}: {err}"]) + "\n")
         out.flush()
         return
@@ -83,7 +83,7 @@ def serve() -> None:
         try:
             gold, completion = json.loads(line)
             reply = ["ok", check_answer(gold, completion)]
-        except Exception as err:  # noqa: BLE001 — returned to the caller, who raises it
+        except Exception as err:
             reply = ["error", f"{type(err).__name__}: {err}"]
         out.write(json.dumps(reply) + "\n")
         out.flush()
@@ -125,11 +125,15 @@ class _Worker:
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self.stop()  # the only way to stop a runaway sympy computation
                 what = "start" if starting else "finish"
-                raise (RuntimeError if starting else TimeoutError)(f"math-verify did not {what} within {timeout_s} s")
+                raise (RuntimeError if starting else TimeoutError)(
+                    f"math-verify did not {what} within {timeout_s} s"
+                )
             chunk = os.read(fd, 1 << 16)
             if not chunk:  # the worker died
                 self.stderr.seek(0)
-                tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [
+                    "(no output)"
+                ]
                 self.stop()
                 raise RuntimeError(f"the math-verify worker exited: {tail[0]}")
             self.buffer += chunk
@@ -161,7 +165,7 @@ class _Worker:
 def _start_quietly(worker: _Worker) -> None:
     try:
         worker.start()
-    except Exception:  # noqa: BLE001 — it is started again on its next use, which then reports why
+    except Exception:
         worker.stop()
 
 
@@ -199,7 +203,12 @@ class MathAnswerReward(RewardFunction):
             raise ValueError(f"MathAnswerReward.workers must be >= 1, got {workers}")
         if not 0.0 <= format_bonus < 1.0:
             raise ValueError(f"MathAnswerReward.format_bonus must be in [0, 1), got {format_bonus}")
-        self.timeout_s, self.workers, self.format_bonus, self.max_chars = timeout_s, workers, format_bonus, max_chars
+        self.timeout_s, self.workers, self.format_bonus, self.max_chars = (
+            timeout_s,
+            workers,
+            format_bonus,
+            max_chars,
+        )
         self._pool: queue.Queue[_Worker] | None = None
         self._lock = threading.Lock()
 
@@ -232,7 +241,9 @@ class MathAnswerReward(RewardFunction):
         try:
             result = worker.check(gold, completion[-self.max_chars :], self.timeout_s)
         except TimeoutError:  # restart the killed worker in the background, so the next call finds it ready
-            threading.Thread(target=_restart, args=(worker, pool), daemon=True, name="math-verify-restart").start()
+            threading.Thread(
+                target=_restart, args=(worker, pool), daemon=True, name="math-verify-restart"
+            ).start()
             raise
         except BaseException:
             pool.put(worker)

@@ -16,8 +16,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 from epr_lightning.tasks.base import Example, RewardFunction
+
+if TYPE_CHECKING:
+    from epr_lightning.rollout.base import Rollout
 
 #: error kinds reported per sample (None = scored normally).
 TIMEOUT, NONFINITE = "timeout", "nonfinite"
@@ -50,7 +57,7 @@ class ScoreResult:
 def _score_one(reward_fn: RewardFunction, example: Example, completion: str) -> tuple[float, str | None]:
     try:
         value = float(reward_fn(example, completion))
-    except Exception as err:  # noqa: BLE001 — any reward failure is counted, never raised
+    except Exception as err:
         return 0.0, f"error:{type(err).__name__}"
     if not math.isfinite(value):
         return 0.0, NONFINITE
@@ -105,8 +112,6 @@ def score_completions(
     if len(examples) != len(completions):
         raise ValueError(f"got {len(examples)} examples but {len(completions)} completions")
     if getattr(reward_fn, "batched", False):  # one call per batch (TRL-style rewards: tasks/trl_reward.py)
-        from epr_lightning.tasks.trl_reward import score_batched
-
         return score_batched(reward_fn, examples, completions, timeout_s, max_workers)
     n = len(completions)
     if timeout_s is None:
@@ -150,3 +155,68 @@ def _collect(outcomes: list[tuple[float, str | None]]) -> ScoreResult:
         nonfinite=kinds.count(NONFINITE),
         error_kinds=kinds,
     )
+
+
+def score_batched(
+    reward_fn: Any,
+    examples: Sequence[Example],
+    completions: Sequence[str],
+    timeout_s: float | None,
+    max_workers: int = 4,
+) -> ScoreResult:
+    """``reward_fn.score_batch`` once for the whole batch, bounded by the time the per-completion scorer would
+    allow (``timeout_s`` × ⌈n / max_workers⌉); never raises because of the reward function."""
+    n = len(completions)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["values"] = reward_fn.score_batch(examples, completions)
+        except Exception as err:
+            box["error"] = err
+
+    if timeout_s is None:
+        run()
+    else:
+        worker = threading.Thread(target=run, daemon=True, name="reward-batch")
+        worker.start()
+        worker.join(timeout_s * max(1, math.ceil(n / max_workers)))
+    if "values" not in box and "error" not in box:
+        kinds: list[str | None] = [TIMEOUT] * n
+        return ScoreResult(rewards=[0.0] * n, timeouts=n, error_kinds=kinds)
+    if "error" in box:
+        kind = f"error:{type(box['error']).__name__}"
+        return ScoreResult(rewards=[0.0] * n, errors=n, error_kinds=[kind] * n)
+    rewards, kinds = [], []
+    for value in box["values"]:
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        rewards.append(float(value) if finite else 0.0)
+        kinds.append(None if finite else NONFINITE)
+    return ScoreResult(rewards=rewards, nonfinite=sum(k == NONFINITE for k in kinds), error_kinds=kinds)
+
+
+@dataclass
+class RolloutScores:
+    """The scored rollout: rewards [N], correctness [N] (reward ≥ the task's success threshold), the extracted
+    answers (None where none was found) and how many reward calls failed (raised, timed out, non-finite)."""
+
+    rewards: Tensor
+    correct: Tensor
+    answers: list[str | None]
+    failures: int
+
+
+def score_rollout(
+    reward: RewardFunction, examples: list[Example], rollout: Rollout, timeout_s: float
+) -> RolloutScores:
+    """Score every completion of ``rollout`` against the example of its group."""
+    per_sample = [examples[g] for g in rollout.group_index]
+    result = score_completions(reward, per_sample, rollout.completion_text, timeout_s=timeout_s)
+    rewards = torch.tensor(result.rewards, dtype=torch.float32)
+    answers: list[str | None] = []
+    for text in rollout.completion_text:
+        try:
+            answers.append(reward.extract_answer(text))
+        except Exception:  # an extractor bug must not stop training; the answer just counts as missing
+            answers.append(None)
+    return RolloutScores(rewards, rewards >= reward.success_threshold, answers, result.failures)

@@ -16,13 +16,11 @@ import importlib
 import importlib.util
 import math
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from epr_lightning.tasks.base import Example, RewardFunction
-from epr_lightning.tasks.scoring import NONFINITE, TIMEOUT, ScoreResult
 
 
 def load_module(path: str) -> Any:
@@ -92,7 +90,8 @@ class TRLReward(RewardFunction):
         """One call of every function on the whole batch; the weighted sum per completion (NaN = no value)."""
         prompts = [e.messages if e.messages else e.prompt for e in examples]
         texts: list[Any] = [
-            [{"role": "assistant", "content": c}] if e.messages else c for e, c in zip(examples, completions, strict=True)
+            [{"role": "assistant", "content": c}] if e.messages else c
+            for e, c in zip(examples, completions, strict=True)
         ]
         keys = dict.fromkeys(k for e in examples for k in e.meta if not k.startswith("_"))
         columns = {k: [e.meta.get(k) for e in examples] for k in keys}
@@ -111,43 +110,3 @@ class TRLReward(RewardFunction):
 
     def __call__(self, example: Example, completion: str) -> float:
         return self.score_batch([example], [completion])[0]
-
-
-def score_batched(
-    reward_fn: Any,
-    examples: Sequence[Example],
-    completions: Sequence[str],
-    timeout_s: float | None,
-    max_workers: int = 4,
-) -> ScoreResult:
-    """``reward_fn.score_batch`` once for the whole batch, bounded by the time the per-completion scorer would
-    allow (``timeout_s`` × ⌈n / max_workers⌉); never raises because of the reward function."""
-    n = len(completions)
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["values"] = reward_fn.score_batch(examples, completions)
-        except Exception as err:  # noqa: BLE001 — counted, never raised
-            box["error"] = err
-
-    if timeout_s is None:
-        run()
-    else:
-        worker = threading.Thread(target=run, daemon=True, name="reward-batch")
-        worker.start()
-        worker.join(timeout_s * max(1, math.ceil(n / max_workers)))
-    if "values" not in box and "error" not in box:
-        kinds: list[str | None] = [TIMEOUT] * n
-        return ScoreResult(rewards=[0.0] * n, timeouts=n, error_kinds=kinds)
-    if "error" in box:
-        kind = f"error:{type(box['error']).__name__}"
-        return ScoreResult(rewards=[0.0] * n, errors=n, error_kinds=[kind] * n)
-    rewards, kinds = [], []
-    for value in box["values"]:
-        finite = isinstance(value, (int, float)) and math.isfinite(value)
-        rewards.append(float(value) if finite else 0.0)
-        kinds.append(None if finite else NONFINITE)
-    return ScoreResult(
-        rewards=rewards, nonfinite=sum(k == NONFINITE for k in kinds), error_kinds=kinds
-    )

@@ -99,7 +99,7 @@ def run_quiet(args: list[str]) -> EntropyTrace:
 
     cli = build_cli(args, run=False)
     trace = EntropyTrace()
-    cli.trainer.callbacks.append(trace)
+    cli.trainer.callbacks.append(trace)  # type: ignore[attr-defined]  # set by Lightning's callback connector
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cli.trainer.fit(cli.model, cli.datamodule)

@@ -10,7 +10,7 @@ What is not: no KV cache, no batching across requests, no NCCL (``/update_weight
 takes its tensors from :meth:`FakeSGLangServer.broadcast_sink` instead of a process group).
 
 This file holds the HTTP server; the model behind both fakes is ``fake_sglang_backend.py`` (``TinyBackend``)
-and the in-process module ``fake_sglang_module.py``; both names are re-exported here.
+and the in-process module ``fake_sglang_module.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.weights import dtype_from_name
-from epr_lightning.testing.fake_sglang_backend import TinyBackend, backend_from
-from epr_lightning.testing.fake_sglang_module import fake_sglang_module
-
-__all__ = ["FakeSGLangServer", "TinyBackend", "fake_sglang_module"]
+from epr_lightning.testing.fake_sglang_backend import backend_from
 
 
 class FakeSGLangServer:
@@ -91,7 +88,7 @@ class FakeSGLangServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> FakeSGLangServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -174,7 +171,7 @@ class FakeSGLangServer:
         if path == "/update_weights_from_disk":
             try:
                 b.load_dir(body["model_path"])
-            except Exception as err:  # noqa: BLE001 - reported like SGLang does
+            except Exception as err:
                 return 400, {
                     "success": False,
                     "message": f"{type(err).__name__}: {err}",
@@ -238,7 +235,7 @@ class FakeSGLangServer:
         else:
             try:
                 status, payload = self._route(path, body)
-            except Exception as err:  # noqa: BLE001 - a server answers 500, it does not die
+            except Exception as err:
                 status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         handler.send_response(status)
@@ -251,10 +248,10 @@ class FakeSGLangServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server._handle(self, "GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 server._handle(self, "POST")
 
             def log_message(self, *args: object) -> None:  # keep test output quiet

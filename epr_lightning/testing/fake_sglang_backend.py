@@ -3,7 +3,7 @@ SGLang does (``output_ids`` with the stop token, ``(logprob, token_id, None)`` t
 dicts, ``weight_version``), and loads HF-named weights from tensors or a safetensors folder.
 
 Used by ``FakeSGLangServer`` (``fake_sglang.py``, HTTP) and ``fake_sglang_module`` (``fake_sglang_module.py``,
-in-process); ``fake_sglang.py`` re-exports ``TinyBackend``.
+in-process).
 """
 
 from __future__ import annotations

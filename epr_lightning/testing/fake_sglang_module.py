@@ -5,7 +5,6 @@ backed by :class:`~epr_lightning.testing.fake_sglang_backend.TinyBackend`. Injec
 Faithful to sglang 0.5.x as far as ``SGLangEngine`` uses it: batched token-in/token-out ``generate`` with
 per-sample sampling params, tensor weight updates refused outside ``begin_weight_update``/
 ``end_weight_update`` (0.5.21+; absent with ``transactional=False``), and memory release/resume by tag.
-``fake_sglang.py`` re-exports ``fake_sglang_module``.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ def fake_sglang_module(
             if on_call is not None:
                 on_call(name, args, kwargs)
 
-        def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **kw):  # noqa: ANN001,ANN201
+        def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **kw):
             self._record(
                 "generate",
                 (),
@@ -62,7 +61,7 @@ def fake_sglang_module(
                 raise RuntimeError(f"generate while memory released: {sorted(self.released)}")
             return backend.generate(input_ids, sampling_params, return_logprob)
 
-        def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):  # noqa: ANN001,ANN201
+        def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
             self._record(
                 "update_weights_from_tensor",
                 (named_tensors,),
@@ -75,31 +74,31 @@ def fake_sglang_module(
             backend.load_named_tensors(list(named_tensors))
             return True, "Success"
 
-        def flush_cache(self):  # noqa: ANN201
+        def flush_cache(self):
             self._record("flush_cache", (), {})
 
-        def release_memory_occupation(self, tags=None):  # noqa: ANN001,ANN201
+        def release_memory_occupation(self, tags=None):
             self._record("release_memory_occupation", (), dict(tags=tags))
             self.released |= set(tags or ["kv_cache", "weights", "cuda_graph"])
 
-        def resume_memory_occupation(self, tags=None):  # noqa: ANN001,ANN201
+        def resume_memory_occupation(self, tags=None):
             self._record("resume_memory_occupation", (), dict(tags=tags))
             self.released -= set(tags or ["kv_cache", "weights", "cuda_graph"])
 
-        def get_weights_by_name(self, name, truncate_size=100):  # noqa: ANN001,ANN201
+        def get_weights_by_name(self, name, truncate_size=100):
             self._record("get_weights_by_name", (name,), dict(truncate_size=truncate_size))
             return backend.get_weights_by_name(name, truncate_size)
 
-        def shutdown(self):  # noqa: ANN201
+        def shutdown(self):
             self._record("shutdown", (), {})
 
     if transactional:
 
-        def begin_weight_update(self, **kw):  # noqa: ANN001,ANN201
+        def begin_weight_update(self, **kw):
             self._record("begin_weight_update", (), kw)
             self.in_transaction = True
 
-        def end_weight_update(self, **kw):  # noqa: ANN001,ANN201
+        def end_weight_update(self, **kw):
             self._record("end_weight_update", (), kw)
             self.in_transaction = False
 

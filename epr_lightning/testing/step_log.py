@@ -29,9 +29,8 @@ class StepMetricsLog(pl.Callback):
 
         from epr_lightning.lora import merged_state_dict
 
-        weights = {
-            k: v.detach().float().cpu().clone() for k, v in merged_state_dict(pl_module.policy).items()
-        }
+        policy: torch.nn.Module = pl_module.policy  # type: ignore[assignment]  # an RLModule's policy
+        weights = {k: v.detach().float().cpu().clone() for k, v in merged_state_dict(policy).items()}
         if trainer.global_rank == 0:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             torch.save(weights, self.dirpath / "final_weights.pt")

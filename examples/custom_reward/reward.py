@@ -14,7 +14,7 @@ WORD = re.compile(r"[A-Za-z0-9']+")
 def word_count(prompts, completions, n_words, **kwargs):
     """1.0 for exactly the asked number of words, falling linearly to 0.0 at a difference of n words."""
     rewards = []
-    for completion, n in zip(completions, n_words):
+    for completion, n in zip(completions, n_words, strict=True):
         n = int(n)
         words = len(WORD.findall(completion))
         rewards.append(max(0.0, 1.0 - abs(words - n) / n))

@@ -1,0 +1,251 @@
+"""The update stage of an iteration: ``ppo_epochs`` passes of minibatch policy-gradient steps over one rollout.
+
+``PolicyUpdate`` is built once from its settings (``UpdateSettings``) and handed its collaborators: the
+objective and the log-prob pass when it is built, the optimizer handles (``Optimization``) and the frozen
+reference model when it runs. It reads nothing else of the LightningModule and owns the non-finite guard
+(``NonFiniteGuard``). The loop is docs/methods.md §7.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from epr_lightning.logprobs import PolicyPass
+from epr_lightning.objectives.aggregation import global_normaliser
+from epr_lightning.objectives.base import PolicyBatch
+from epr_lightning.objectives.objective import Objective
+from epr_lightning.rollout.base import TokenBatch
+
+
+class PolicyPassFn(Protocol):
+    """The log-prob pass (``RLModule.policy_pass``): the current policy's, or ``model``'s."""
+
+    def __call__(
+        self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
+    ) -> PolicyPass: ...
+
+
+def minibatch_rows(n: int, num_minibatches: int | None, minibatch_size: int | None) -> int:
+    """Rows per minibatch: ⌈n / num_minibatches⌉, else ``minibatch_size``, else the whole rollout (≤ n)."""
+    if num_minibatches is not None:
+        return max(1, math.ceil(n / num_minibatches))
+    return min(minibatch_size or n, n)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """The schedule and safeguards of the update (the ``model.*`` arguments of the same names)."""
+
+    ppo_epochs: int = 1
+    num_minibatches: int | None = None
+    minibatch_size: int | None = None
+    grad_clip: float | None = 1.0
+    max_nonfinite_updates: int = 3
+
+    def __post_init__(self) -> None:
+        if self.ppo_epochs < 1:
+            raise ValueError(f"model.ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        if self.minibatch_size is not None and self.minibatch_size < 1:
+            raise ValueError(f"model.minibatch_size must be >= 1, got {self.minibatch_size}")
+        if self.num_minibatches is not None and self.num_minibatches < 1:
+            raise ValueError(f"model.num_minibatches must be >= 1, got {self.num_minibatches}")
+        if self.num_minibatches is not None and self.minibatch_size is not None:
+            raise ValueError(
+                f"set only one of model.num_minibatches ({self.num_minibatches}) and model.minibatch_size "
+                f"({self.minibatch_size})"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"model.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.max_nonfinite_updates < 1:
+            raise ValueError(f"model.max_nonfinite_updates must be >= 1, got {self.max_nonfinite_updates}")
+
+    @property
+    def single_step(self) -> bool:
+        """At most one optimizer step per rollout, whatever its size (what on-policy-only losses need)."""
+        return (
+            self.ppo_epochs == 1
+            and self.minibatch_size is None
+            and (self.num_minibatches is None or self.num_minibatches == 1)
+        )
+
+    def rows_per_minibatch(self, n: int) -> int:
+        return minibatch_rows(n, self.num_minibatches, self.minibatch_size)
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient; ``max_in_row`` in a row abort."""
+
+    max_in_row: int
+    in_row: int = 0
+    total: int = 0
+
+    def check(self, loss: float, grad_norm: float, iteration: int) -> bool:
+        """True (and the streak reset) when both are finite; else count the skip, raising at ``max_in_row``."""
+        if math.isfinite(grad_norm) and math.isfinite(loss):
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.total += 1
+        if self.in_row >= self.max_in_row:
+            raise RuntimeError(
+                f"{self.in_row} consecutive non-finite updates (loss={loss}, grad_norm={grad_norm}) at iteration "
+                f"{iteration}; aborting. The last checkpoint written before this point is intact; lower the "
+                "learning rate or check the rewards."
+            )
+        return False
+
+
+@dataclass
+class Optimization:
+    """The trainer-side handles of one optimizer step (Lightning's optimizer and scheduler, manual backward)."""
+
+    optimizer: Any
+    scheduler: Any | None
+    backward: Callable[[Tensor], None]
+    params: Iterable[torch.nn.Parameter]
+
+
+@dataclass
+class UpdateStats:
+    old: PolicyPass  # π_old over the whole rollout (detached)
+    token_advantages: Tensor  # [N, T] after transforms, first epoch
+    clip_upper: Tensor | None
+    clip_lower: Tensor | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def optimizer_step(
+    optim: Optimization, loss: Tensor, grad_clip: float | None, guard: NonFiniteGuard, iteration: int
+) -> float | None:
+    """Backward, clip, step. Returns the grad norm, or None when the update was skipped as non-finite.
+
+    The backward always runs (under DDP every rank must join the gradient all-reduce); a non-finite
+    gradient norm — which a non-finite loss on any rank produces — skips the step on all ranks alike.
+    """
+    opt = optim.optimizer
+    opt.zero_grad(set_to_none=True)
+    optim.backward(loss)
+    params = [p for p in optim.params if p.grad is not None]
+    max_norm = grad_clip if grad_clip is not None else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+    full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2
+    norm_value = float(full_tensor() if full_tensor is not None else norm)
+    if not guard.check(float(loss.detach()), norm_value, iteration):
+        opt.zero_grad(set_to_none=True)
+        return None
+    opt.step()
+    if optim.scheduler is not None:
+        optim.scheduler.step()
+    return norm_value
+
+
+def _scatter(full: Tensor, rows: Tensor, part: Tensor) -> None:
+    full[rows, : part.shape[1]] = part.detach().to(full.dtype)
+
+
+class PolicyUpdate:
+    """``ppo_epochs`` passes of minibatch updates over one rollout.
+
+    With one epoch and one minibatch the update is exactly on-policy: π_old is the same forward pass as the
+    gradient's (detached), so the ratio is exactly 1 and no extra no-grad pass is spent.
+    """
+
+    def __init__(self, settings: UpdateSettings, objective: Objective, policy_pass: PolicyPassFn) -> None:
+        self.settings = settings
+        self.objective = objective
+        self.policy_pass = policy_pass
+        self.guard = NonFiniteGuard(settings.max_nonfinite_updates)
+
+    def __call__(
+        self,
+        tokens: TokenBatch,
+        seq_adv: Tensor,
+        *,
+        iteration: int,
+        optim: Optimization,
+        reference: torch.nn.Module | None = None,
+    ) -> UpdateStats:
+        obj, settings = self.objective, self.settings
+        n = len(tokens)
+        mb = settings.rows_per_minibatch(n)
+        fused = settings.ppo_epochs == 1 and mb >= n
+        old = None if fused else self.policy_pass(tokens, grad=False).detached()
+        ref_logp = self._reference_logp(reference, tokens) if obj.needs_reference else None
+        shape = tokens.input_ids.shape
+        full = {k: torch.zeros(shape, device=tokens.input_ids.device) for k in ("adv", "up", "low")}
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        gen = torch.Generator().manual_seed(1_000_003 * iteration + 17)
+        for epoch in range(settings.ppo_epochs):
+            order = torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
+            for start in range(0, n, mb):
+                rows = order[start : start + mb].to(tokens.input_ids.device)
+                sub = tokens.select(rows)
+                width = sub.input_ids.shape[1]
+                cur = self.policy_pass(sub, grad=True)
+                if fused or old is None:  # one minibatch of the whole rollout: this pass is π_old
+                    old = cur.detached()
+                    sub_old = old
+                else:
+                    sub_old = old.rows(rows, width)
+                seen = cur.detached() if obj.transform_logprob == "current" else sub_old
+                adv = obj.token_advantages(
+                    seq_adv[rows], sub.loss_mask, seen.logp, seen.entropy, seen.collision
+                )
+                batch = PolicyBatch(
+                    logp=cur.logp,
+                    old_logp=sub_old.logp,
+                    sampler_logp=sub.sampler_logprobs,
+                    advantages=adv,
+                    mask=sub.loss_mask,
+                    entropy=cur.entropy if obj.needs_entropy_grad else cur.entropy.detach(),
+                    ref_logp=None if ref_logp is None else ref_logp[rows, :width],
+                    logp_fp32=cur.logp_fp32,
+                    old_logp_fp32=sub_old.logp_fp32,
+                )
+                out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
+                norm = optimizer_step(optim, out.loss, settings.grad_clip, self.guard, iteration)
+                if epoch == 0:
+                    _scatter(full["adv"], rows, adv)
+                if epoch == settings.ppo_epochs - 1:
+                    for key, name in (("up", "clip_upper"), ("low", "clip_lower")):
+                        if name in out.token_stats:
+                            _scatter(full[key], rows, out.token_stats[name])
+                step_metrics = {k: float(v) for k, v in out.metrics.items()}
+                step_metrics.update(
+                    {
+                        f"policy/{k}": float(v)
+                        for t in obj.transforms
+                        for k, v in getattr(t, "last_stats", {}).items()
+                    }
+                )
+                if norm is not None:
+                    step_metrics["train/grad_norm"] = norm
+                for k, v in step_metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+        assert old is not None  # the rollout has at least one row
+        metrics = {k: sums[k] / counts[k] for k in sums}
+        metrics["train/lr"] = float(optim.optimizer.param_groups[0]["lr"])
+        has_clip = bool(full["up"].any() or full["low"].any()) or "policy/clipfrac_upper" in metrics
+        return UpdateStats(
+            old=old,
+            token_advantages=full["adv"],
+            clip_upper=full["up"] if has_clip else None,
+            clip_lower=full["low"] if has_clip else None,
+            metrics=metrics,
+        )
+
+    def _reference_logp(self, reference: torch.nn.Module | None, tokens: TokenBatch) -> Tensor:
+        if reference is None:
+            raise RuntimeError(f"{type(self.objective).__name__} needs a reference model; none was built")
+        if reference.device != tokens.input_ids.device:
+            reference.to(tokens.input_ids.device)
+        return self.policy_pass(tokens, grad=False, model=reference).logp
