@@ -17,6 +17,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
+from epr_lightning.envs.base import EnvironmentTask
+from epr_lightning.envs.metrics import episode_metrics, log_sample_episode, success_by_difficulty
 from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
 from epr_lightning.lora import LoRAConfig, apply_lora
 from epr_lightning.models import (
@@ -31,6 +33,7 @@ from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
+from epr_lightning.rollout.episodes import EpisodeRollout, run_episodes
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
 from epr_lightning.training import UpdateStats, run_update, score_rollout
@@ -300,9 +303,15 @@ class RLModule(pl.LightningModule):
     @torch.no_grad()
     def rollout(self, examples: list[Example], num_samples: int) -> Rollout:
         self.engine.wake_up()
-        rollout = self.engine.generate(
-            [e.meta["_prompt_ids"] for e in examples], self.sampling, num_samples, model=self.policy
-        )
+        if isinstance(self.task, EnvironmentTask):  # multi-turn episodes (epr_lightning/rollout/episodes.py)
+            rollout = run_episodes(
+                self.engine, self.policy, self.tokenizer, self.task, examples, self.sampling, num_samples,
+                getattr(self, "chat_template_kwargs", None),
+            )
+        else:
+            rollout = self.engine.generate(
+                [e.meta["_prompt_ids"] for e in examples], self.sampling, num_samples, model=self.policy
+            )
         self.engine.sleep()
         return rollout
 
@@ -314,6 +323,8 @@ class RLModule(pl.LightningModule):
     def score(self, examples: list[Example], rollout: Rollout) -> tuple[Tensor, Tensor, list[str | None], int]:
         if self.task is None:
             raise RuntimeError("RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)")
+        if isinstance(rollout, EpisodeRollout):  # the environment already scored each episode
+            return rollout.scores(self.task.reward.success_threshold)
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
     def policy_pass(self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None) -> PolicyPass:
@@ -384,6 +395,11 @@ class RLModule(pl.LightningModule):
             "train/nonfinite_skips": torch.tensor(float(self.nonfinite_total)),
         }
         metrics.update({k: torch.as_tensor(v) for k, v in stats.metrics.items()})
+        if isinstance(rollout, EpisodeRollout):  # turns, tool calls, end causes, success per difficulty
+            threshold = self.task.reward.success_threshold
+            metrics.update({k: torch.tensor(v) for k, v in episode_metrics(rollout, threshold).items()})
+            if self.global_rank == 0:
+                log_sample_episode(self.logger, rollout, self.iteration)
         bar = {"rollout/reward_mean", "policy/entropy"}
         for name, value in metrics.items():
             self.log(name, value.float(), on_step=True, prog_bar=name in bar, batch_size=num_prompts)
@@ -399,6 +415,9 @@ class RLModule(pl.LightningModule):
         old = self.policy_pass(tokens, grad=False)
         for name, value in validation_metrics(tokens, old, rewards, correct, answers, rollout, self.val_num_generations).items():
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=len(examples), sync_dist=True)
+        if isinstance(rollout, EpisodeRollout):  # success per difficulty, weighted by its episodes
+            for d, (rate, n) in success_by_difficulty(rollout.episodes, self.task.reward.success_threshold).items():
+                self.log(f"val/success_d{d}", rate, on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
