@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def _type_name(tp: Any) -> str:
 def check_value(value: Any, tp: Any) -> bool:
     """Whether JSON ``value`` fits the annotation ``tp`` (str, int, float, bool, list[X], X | None)."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(check_value(value, t) for t in typing.get_args(tp))
     if tp is type(None):
         return value is None
