@@ -33,7 +33,7 @@ from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
-from epr_lightning.rollout.episodes import EpisodeRollout, run_episodes
+from epr_lightning.rollout.episodes import EpisodeRollout, any_rank_active_fn, run_episodes
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
 from epr_lightning.training import UpdateStats, run_update, score_rollout
@@ -307,6 +307,7 @@ class RLModule(pl.LightningModule):
             rollout = run_episodes(
                 self.engine, self.policy, self.tokenizer, self.task, examples, self.sampling, num_samples,
                 getattr(self, "chat_template_kwargs", None),
+                any_rank_active_fn(self.device) if self._trainer is not None and self.trainer.world_size > 1 else None,
             )
         else:
             rollout = self.engine.generate(

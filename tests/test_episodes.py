@@ -222,3 +222,32 @@ def test_a_broken_environment_does_not_stop_training(tmp_path) -> None:
     errors = sum(float(r.reward_errors) for r in records)
     assert errors == sum(ep.ended_by == "env_error" for ro in rollouts for ep in ro.episodes) > 0
     assert float(trainer.callback_metrics["episode/ended_by/env_error"]) > 0
+
+
+def test_a_rank_without_active_episodes_keeps_joining_the_turns(tiny_model, tiny_tokenizer) -> None:
+    # this rank's episodes all end on turn 1 while another rank (simulated) stays active for two more turns
+    tok = tiny_tokenizer
+    task = EnvironmentTask(ScriptedEnvironment([1], [10]), max_turns=5, max_episode_tokens=200)
+    calls: list[tuple[int, int]] = []
+
+    class Counting(HFEngine):
+        def generate(self, prompt_ids, params, num_samples, *, model=None):  # noqa: ANN001, ANN201
+            calls.append((len(prompt_ids), params.max_new_tokens))
+            return super().generate(prompt_ids, params, num_samples, model=model)
+
+    engine = Counting()
+    engine.setup(tiny_model, tok)
+    others = iter([True, True, False])
+    flags: list[bool] = []
+
+    def any_rank_active(local: bool) -> bool:
+        flags.append(local)
+        return local or next(others)
+
+    rollout = run_episodes(engine, tiny_model, tok, task, task.examples("train")[:1], params(tok), 2,
+                           any_rank_active=any_rank_active)
+    assert [ep.ended_by for ep in rollout.episodes] == ["final_answer"] * 2
+    assert flags == [True, False, False, False]
+    assert calls == [(2, 12), (1, 1), (1, 1)]  # the real turn, then two 1-token dummy turns
+    alone = run_episodes(engine, tiny_model, tok, task, task.examples("train")[:1], params(tok), 2)
+    assert len(alone.episodes) == 2 and len(calls) == 4  # single process: no dummy turns

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,16 +180,29 @@ def run_episodes(
     params: SamplingParams,
     num_samples: int,
     template_kwargs: dict[str, Any] | None = None,
+    any_rank_active: Callable[[bool], bool] | None = None,
 ) -> EpisodeRollout:
-    """Roll out ``num_samples`` episodes per example, all active episodes batched per turn."""
+    """Roll out ``num_samples`` episodes per example, all active episodes batched per turn.
+
+    ``any_rank_active(local)`` (multi-process runs) says whether any rank still has an active episode; a rank
+    whose episodes have all ended keeps joining the turns with a 1-token dummy request until none has, so an
+    engine whose ``generate`` is collective (the HF engine under FSDP2) sees the same number of calls on every
+    rank.
+    """
     turn_tokens = TurnTokens(tokenizer, params.stop_token_ids or [tokenizer.eos_token_id], template_kwargs)
     stops = set(params.stop_token_ids) | {tokenizer.eos_token_id}
     episodes = start_episodes(task, examples, num_samples, turn_tokens)
     budget = task.max_episode_tokens
     for turn in range(task.max_turns):
         active = [ep for ep in episodes if ep.ended_by is None]
-        if not active:
+        if any_rank_active is not None and not any_rank_active(bool(active)):
             break
+        if not active:
+            if any_rank_active is None:
+                break
+            dummy = dataclasses.replace(params, max_new_tokens=1)
+            engine.generate([episodes[0].prompt_ids], dummy, 1, model=model)  # join the other ranks' turn
+            continue
         room = max(budget - len(ep.completion_ids) for ep in active)
         turn_params = dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, room))
         out = engine.generate(
@@ -216,6 +230,17 @@ def run_episodes(
             ep.add(obs, None)
             ep.turns.append({"role": "tool", "content": result.observation})
     return _as_rollout(episodes, num_samples, tokenizer, engine)
+
+
+def any_rank_active_fn(device: torch.device) -> Callable[[bool], bool]:
+    """``any_rank_active`` over the default process group (an all-reduce MAX of one flag)."""
+
+    def any_rank_active(local: bool) -> bool:
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return any_rank_active
 
 
 def _as_rollout(
