@@ -251,3 +251,13 @@ def test_a_rank_without_active_episodes_keeps_joining_the_turns(tiny_model, tiny
     assert calls == [(2, 12), (1, 1), (1, 1)]  # the real turn, then two 1-token dummy turns
     alone = run_episodes(engine, tiny_model, tok, task, task.examples("train")[:1], params(tok), 2)
     assert len(alone.episodes) == 2 and len(calls) == 4  # single process: no dummy turns
+
+
+def test_an_episode_that_cannot_start_is_one_clear_error(tiny_model, tiny_tokenizer) -> None:
+    class NoStart(ScriptedEnvironment):
+        def reset(self, example):  # noqa: ANN001, ANN201
+            raise KeyError("world")
+
+    with pytest.raises(RuntimeError, match=r"example 'train/0': the environment could not start an episode: "
+                                           r".*NoStart.reset raised KeyError: 'world'"):
+        episodes(tiny_model, tiny_tokenizer, NoStart(), 1)

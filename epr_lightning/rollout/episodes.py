@@ -160,12 +160,19 @@ def _take_step(ep: Episode, text: str, timeout_s: float) -> StepResult | None:
 def start_episodes(
     task: EnvironmentTask, examples: list[Example], num_samples: int, turn_tokens: TurnTokens
 ) -> list[Episode]:
-    """``num_samples`` fresh episodes per example, prompt-major, each on its own spawned environment."""
+    """``num_samples`` fresh episodes per example, prompt-major, each on its own spawned environment.
+
+    An episode that cannot start (``reset`` raising or hanging) stops the run with one line naming the
+    example: without opening messages there is nothing to sample from.
+    """
     episodes = []
     for ex in examples:
         for _ in range(num_samples):
             env = task.environment.spawn()
-            messages = env.reset(ex)
+            try:
+                messages = call_with_timeout(env.reset, task.step_timeout_s, ex)
+            except EnvironmentFailure as err:
+                raise RuntimeError(f"example {ex.id!r}: the environment could not start an episode: {err}") from None
             tools = env.tools()
             episodes.append(Episode(ex, env, turn_tokens.prompt(messages, tools)))
     return episodes
