@@ -11,7 +11,7 @@ import pytest
 from epr_lightning.envs import EnvironmentTask, ToolWorld
 from epr_lightning.envs.toolworld.api import ToolCall, dispatch, parse_tool_calls, registry
 from epr_lightning.envs.toolworld.apps import build_apps
-from epr_lightning.envs.toolworld.tasks import generate_tasks
+from epr_lightning.envs.toolworld.tasks import SPLITS, generate_tasks
 from epr_lightning.envs.toolworld.verifier import effects, missing_and_extra, normalise, verify
 from epr_lightning.tasks.base import Example
 
@@ -273,6 +273,9 @@ def test_splits_are_deterministic_and_disjoint() -> None:
         and not keys["train"] & keys["test"]
         and not keys["dev"] & keys["test"]
     )
+    # disjoint by construction: each task lies in the hash bucket of its own split
+    assert all(t.bucket() in SPLITS[s] for s, v in splits.items() for t in v)
+    assert sorted(b for r in SPLITS.values() for b in r) == list(range(10))
     other_seed = generate_tasks("dev", 60, **{**kw, "seed": 1})
     assert {t.key() for t in other_seed} != keys["dev"]
     # a larger train split starts with the smaller one (sizes do not reshuffle a split)
