@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
+from epr_lightning.envs.base import EnvironmentTask
+from epr_lightning.envs.metrics import episode_metrics, log_sample_episode, success_by_difficulty
 from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
 from epr_lightning.lora import LoRAConfig, apply_lora
 from epr_lightning.models import (
@@ -31,6 +33,7 @@ from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.record import StepRecord, build_record
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
+from epr_lightning.rollout.episodes import EpisodeRollout, any_rank_active_fn, run_episodes
 from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.tasks.base import Example
 from epr_lightning.tasks.scoring import RolloutScores, score_rollout
@@ -242,7 +245,7 @@ class RLModule(pl.LightningModule):
     # ---------------------------------------------------------------- the iteration
     def training_step(self, batch: list[Example], batch_idx: int) -> dict[str, StepRecord]:
         prompts = self.admit_prompts(batch)
-        rollout = self.rollout(prompts.ids, self.num_generations)
+        rollout = self.rollout(prompts, self.num_generations)
         scores = self.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         seq_adv = self.objective.sequence_advantages(scores.rewards.to(self.device), tokens.group_index)
@@ -327,9 +330,17 @@ class RLModule(pl.LightningModule):
         )
 
     @torch.no_grad()
-    def rollout(self, prompt_ids: list[list[int]], num_samples: int) -> Rollout:
+    def rollout(self, prompts: AdmittedPrompts, num_samples: int) -> Rollout:
         self.engine.wake_up()
-        rollout = self.engine.generate(prompt_ids, self.sampling, num_samples, model=self.policy)
+        if isinstance(self.task, EnvironmentTask):  # multi-turn episodes (epr_lightning/rollout/episodes.py)
+            multi_rank = self._trainer is not None and self.trainer.world_size > 1
+            rollout: Rollout = run_episodes(
+                self.engine, self.policy, self.tokenizer, self.task, prompts.examples, self.sampling, num_samples,
+                getattr(self, "chat_template_kwargs", None),
+                any_rank_active_fn(self.device) if multi_rank else None,
+            )  # fmt: skip
+        else:
+            rollout = self.engine.generate(prompts.ids, self.sampling, num_samples, model=self.policy)
         self.engine.sleep()
         return rollout
 
@@ -343,6 +354,8 @@ class RLModule(pl.LightningModule):
             raise RuntimeError(
                 "RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)"
             )
+        if isinstance(rollout, EpisodeRollout):  # the environment already scored each episode
+            return rollout.scores(self.task.reward.success_threshold)
         return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
 
     def policy_pass(
@@ -382,6 +395,11 @@ class RLModule(pl.LightningModule):
             "train/nonfinite_skips": torch.tensor(float(self.nonfinite_total)),
         }
         metrics.update({k: torch.as_tensor(v) for k, v in stats.metrics.items()})
+        if isinstance(rollout, EpisodeRollout):  # turns, tool calls, end causes, success per difficulty
+            threshold = self.task.reward.success_threshold
+            metrics.update({k: torch.tensor(v) for k, v in episode_metrics(rollout, threshold).items()})
+            if self.global_rank == 0:
+                log_sample_episode(self.logger, rollout, self.iteration)
         bar = {"rollout/reward_mean", "policy/entropy"}
         for name, value in metrics.items():
             self.log(name, value.float(), on_step=True, prog_bar=name in bar, batch_size=num_prompts)
@@ -389,13 +407,19 @@ class RLModule(pl.LightningModule):
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
         prompts = self.admit_prompts(batch)
-        rollout = self.rollout(prompts.ids, self.val_num_generations)
+        rollout = self.rollout(prompts, self.val_num_generations)
         scores = self.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         old = self.policy_pass(tokens, grad=False)
         size = len(prompts.examples)
         for name, value in validation_metrics(tokens, old, scores, rollout, self.val_num_generations).items():
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True)
+        if isinstance(rollout, EpisodeRollout):  # success per difficulty, weighted by its episodes
+            threshold = self.task.reward.success_threshold
+            for d, (rate, n) in success_by_difficulty(rollout.episodes, threshold).items():
+                self.log(
+                    f"val/success_d{d}", rate, on_epoch=True, on_step=False, batch_size=n, sync_dist=True
+                )
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
