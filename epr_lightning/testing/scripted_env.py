@@ -52,7 +52,7 @@ class ScriptedEnvironment(Environment):
 
     def reset(self, example: Example) -> list[dict[str, Any]]:
         self.example, self.turn = example, 0
-        return list(example.messages)
+        return list(example.messages or [])
 
     def step(self, action: str) -> StepResult:
         self.turn += 1

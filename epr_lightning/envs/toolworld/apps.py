@@ -87,8 +87,8 @@ class Contacts(App):
             phone: phone number, e.g. "555-0142".
             email: email address (optional).
         """
-        contact = {"name": _text(name, "name"), "phone": _text(phone, "phone"), "email": email.strip()}
-        contact = {"id": _next_id(self.state["contacts"], self.state, "contacts"), **contact}
+        contact: dict[str, Any] = {"id": _next_id(self.state["contacts"], self.state, "contacts")}
+        contact.update(name=_text(name, "name"), phone=_text(phone, "phone"), email=email.strip())
         self.state["contacts"].append(contact)
         return dict(contact)
 
@@ -131,7 +131,7 @@ class Calendar(App):
             raise ToolError("date must be YYYY-MM-DD and time HH:MM")
         for cid in attendees:
             self.contact(cid)
-        event = {
+        event: dict[str, Any] = {
             "title": _text(title, "title"),
             "date": date.strip(),
             "time": time.strip(),
@@ -183,8 +183,8 @@ class Notes(App):
             title: the note's title.
             body: the note's text.
         """
-        note = {"title": _text(title, "title"), "body": _text(body, "body")}
-        note = {"id": _next_id(self.state["notes"], self.state, "notes"), **note}
+        note: dict[str, Any] = {"id": _next_id(self.state["notes"], self.state, "notes")}
+        note.update(title=_text(title, "title"), body=_text(body, "body"))
         self.state["notes"].append(note)
         return dict(note)
 

@@ -112,7 +112,7 @@ class ToolWorld(Environment):
         self.state = copy.deepcopy(self.start)
         self.required = example.meta["required"]
         self.tool_registry = registry(build_apps(self.state, self.apps))
-        return [dict(m) for m in example.messages]
+        return [dict(m) for m in example.messages or []]
 
     def step(self, action: str) -> StepResult:
         calls = parse_tool_calls(action)
