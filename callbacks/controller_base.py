@@ -2,13 +2,14 @@
 
 Timing (docs/methods.md §6): ``on_train_batch_end`` runs after the iteration's optimizer steps; the entropy it reads is
 ``StepRecord.entropy`` of π_old, i.e. measured *before* this iteration's update. H* comes from iteration 0's
-record (before any update). The new coefficient is written into the objective piece and is used from the next
-iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.
+record (before any update). The new coefficient is written through ``Objective.set_coefficient`` and is used from
+the next iteration on. Entropy sums are all-reduced, so every DDP rank computes the same coefficient.
 
 Controllers are usually given to the module (``model.init_args.controllers`` in ``configs/method/*.yaml``), which
 returns them from ``configure_callbacks``: that way a method config never replaces ``trainer.callbacks``.
-Their state (coefficient, H*, counters) is checkpointed under ``state_key``; on resume the restored coefficient
-is pushed into the objective (the module restores the objective too; the two must agree).
+The objective alone owns and checkpoints the coefficient; a controller checkpoints only its own state (H*,
+counters) under ``state_key``. A checkpoint written before that split also holds the controller's copy of the
+coefficient: it still loads, and that copy wins (with a warning) where it differs from the objective's.
 
 Saturation: a bounded knob can run out. When the coefficient has sat at the bound of the direction entropy needs
 (e.g. ADAPO's ε_high at ``eps_high_max`` while H < H*) for ``saturation_patience`` consecutive iterations, the
@@ -40,13 +41,14 @@ def _positive(name: str, value: float) -> float:
 
 
 class EntropyController(Callback):
-    """Shared plumbing: find the piece, read H and H*, apply ``rule``, write back, log, checkpoint.
+    """Shared plumbing: find the coefficient, read H and H*, apply ``rule``, write back, log, checkpoint.
 
-    Subclasses define ``coef_name`` (the metric name), ``pieces`` (the objective pieces it can adapt, with the
-    attribute name) and ``rule``.
+    Subclasses define ``adapts`` (the objective coefficients it can adapt; the objective must hold exactly one of
+    them) and ``rule``.
     """
 
-    coef_name = "coef"
+    #: names of ``Objective.coefficients()`` this controller can adapt
+    adapts: tuple[str, ...] = ()
     method_yaml = "configs/method/*.yaml"
 
     def __init__(
@@ -83,20 +85,17 @@ class EntropyController(Callback):
         self.entropy_source = entropy_source
         self.tolerance = float(tolerance)
         self.name = name
-        self.coef: float | None = None
+        self.initial_coef: float | None = None  # None: start from the objective's configured value
         self.initial_entropy: float | None = None
         self.updates = 0
         self.last_entropy: float | None = None
         self.last_target: float | None = None
         self._restored = False
-        self._piece: Any = None
-        self._attr = ""
+        self._legacy_coef: float | None = None
+        self._objective: Any = None
+        self._name = ""
 
     # -- subclass API ---------------------------------------------------------------------------------
-    @abstractmethod
-    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
-        """(piece, attribute) pairs of ``objective`` this controller can adapt."""
-
     @abstractmethod
     def rule(self, coef: float, entropy: float, target: float) -> float:
         """The next coefficient."""
@@ -113,11 +112,16 @@ class EntropyController(Callback):
         ``direction`` (+1 raise, −1 lower) as far as the controller can."""
 
     @property
-    def current_coef(self) -> float:
-        """The coefficient (set from the objective in ``on_train_start``)."""
-        if self.coef is None:
-            raise RuntimeError(f"{type(self).__name__} has no coefficient before on_train_start")
-        return self.coef
+    def coef_name(self) -> str:
+        """The adapted coefficient's name (also the metric name)."""
+        return self._name or self.adapts[0]
+
+    @property
+    def coef(self) -> float:
+        """The coefficient, as the objective holds it (the controller keeps no copy)."""
+        if self._objective is None:
+            raise RuntimeError(f"{type(self).__name__} reads its coefficient only after setup()")
+        return self._objective.coefficient(self._name)
 
     # -- naming and state -----------------------------------------------------------------------------
     @property
@@ -129,7 +133,6 @@ class EntropyController(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "coef": self.coef,
             "initial_entropy": self.initial_entropy,
             "updates": self.updates,
             "last_entropy": self.last_entropy,
@@ -138,7 +141,7 @@ class EntropyController(Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.coef = None if state.get("coef") is None else float(state["coef"])
+        self._legacy_coef = None if state.get("coef") is None else float(state["coef"])
         self.initial_entropy = (
             None if state.get("initial_entropy") is None else float(state["initial_entropy"])
         )
@@ -146,24 +149,24 @@ class EntropyController(Callback):
         self.last_entropy = state.get("last_entropy")
         self.last_target = state.get("last_target")
         self.saturated_iterations = int(state.get("saturated_iterations", 0))
-        self._restored = self.coef is not None
+        self._restored = True
 
     # -- hooks ----------------------------------------------------------------------------------------
     def bind(self, objective: Any) -> None:
-        """Find the one piece to adapt; a clear error when there is none or several."""
-        found = self.pieces(objective)
+        """Find the one coefficient to adapt; a clear error when there is none or several."""
+        found = [(name, piece) for name in self.adapts for piece in objective.coefficient_pieces(name)]
         if not found:
-            pieces = ", ".join(type(p).__name__ for p in objective._pieces().values()) or "nothing"
+            has = ", ".join(sorted(objective.coefficients())) or "none"
             raise ValueError(
-                f"{type(self).__name__} adapts {self.coef_name} but the objective has no piece with it (it has: "
-                f"{pieces}); compose the matching method config, e.g. --config {self.method_yaml}"
+                f"{type(self).__name__} adapts {' or '.join(self.adapts)} but the objective has no such coefficient "
+                f"(it has: {has}); compose the matching method config, e.g. --config {self.method_yaml}"
             )
         if len(found) > 1:
-            names = ", ".join(type(p).__name__ for p, _ in found)
+            names = ", ".join(piece for _, piece in found)
             raise ValueError(
                 f"{type(self).__name__}: the objective has several pieces it could adapt ({names}); keep one"
             )
-        self._piece, self._attr = found[0]
+        self._objective, self._name = objective, found[0][0]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         objective = getattr(pl_module, "objective", None)
@@ -174,18 +177,20 @@ class EntropyController(Callback):
         self.bind(objective)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        current = float(getattr(self._piece, self._attr))
-        if self._restored and self.coef is not None:
-            if not math.isclose(current, self.coef, rel_tol=1e-9, abs_tol=1e-12):
+        current = self.coef
+        if self._restored:  # the objective restored its coefficient itself
+            legacy = self._legacy_coef
+            if legacy is not None and not math.isclose(current, legacy, rel_tol=1e-9, abs_tol=1e-12):
                 rank_zero_warn(
-                    f"{type(self).__name__}: restored {self.coef_name}={self.coef!r} differs from the objective's "
-                    f"{current!r}; using the controller's value"
+                    f"{type(self).__name__}: restored {self.coef_name}={legacy!r} (an older checkpoint's controller "
+                    f"copy) differs from the objective's {current!r}; using the controller's value"
                 )
-        else:
-            if self.coef is None:
-                self.coef = current
-            self.check_coef(self.coef, f"{type(self._piece).__name__}.{self._attr}")
-        setattr(self._piece, self._attr, self.coef)
+                self._objective.set_coefficient(self._name, legacy)
+            return
+        start = self.initial_coef if self.initial_coef is not None else current
+        (piece,) = self._objective.coefficient_pieces(self._name)
+        self.check_coef(start, f"{piece}.{self._name}")
+        self._objective.set_coefficient(self._name, start)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -202,8 +207,7 @@ class EntropyController(Callback):
                 )
             self.initial_entropy = self.measure_initial_entropy(pl_module, h)
         target = float(self.target.value(record.iteration, self.initial_entropy))
-        self.coef = float(self.rule(self.current_coef, h, target))
-        setattr(self._piece, self._attr, self.coef)
+        self._objective.set_coefficient(self._name, float(self.rule(self.coef, h, target)))
         self.publish_target(target)
         self.updates += 1
         self.last_entropy, self.last_target = h, target
@@ -234,7 +238,7 @@ class EntropyController(Callback):
         """Count iterations at the bound of the needed direction; warn once when the count reaches the patience."""
         direction = entropy_direction(entropy, target, self.tolerance)
         bound, arg = self.limit(direction) if direction else (math.nan, "")
-        at_bound = direction != 0 and math.isclose(self.current_coef, bound, rel_tol=1e-9, abs_tol=1e-12)
+        at_bound = direction != 0 and math.isclose(self.coef, bound, rel_tol=1e-9, abs_tol=1e-12)
         self.saturated_iterations = self.saturated_iterations + 1 if at_bound else 0
         if self.saturation_patience and self.saturated_iterations == self.saturation_patience:
             side = "below" if direction > 0 else "above"

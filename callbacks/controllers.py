@@ -13,7 +13,6 @@ saturation warning) in ``controller_base.py``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from .control_rules import (
     EntropySource,
@@ -47,6 +46,7 @@ class REPOZetaController(EntropyController):
             ``rollout``.
     """
 
+    adapts = ("zeta", "beta")
     method_yaml = "configs/method/repo_r.yaml"
 
     def __init__(
@@ -68,18 +68,7 @@ class REPOZetaController(EntropyController):
             raise ValueError(f"zeta_min must be < zeta_max, got zeta_min={zeta_min!r}, zeta_max={zeta_max!r}")
         if initial_zeta is not None:
             self.check_coef(float(initial_zeta), "initial_zeta")
-            self.coef = float(initial_zeta)
-
-    @property
-    def coef_name(self) -> str:  # type: ignore[override]
-        return self._attr or "zeta"
-
-    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
-        from epr_lightning.objectives.repo import REPO, REPOD, REPOR
-
-        return [(p, "zeta") for p in objective.find(REPOR) + objective.find(REPOD)] + [
-            (p, "beta") for p in objective.find(REPO)
-        ]
+            self.initial_coef = float(initial_zeta)
 
     def check_coef(self, coef: float, where: str) -> None:
         if not (math.isfinite(coef) and abs(coef) <= self.zeta_max):
@@ -114,7 +103,7 @@ class ClipHigherController(EntropyController):
         initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
     """
 
-    coef_name = "eps_high"
+    adapts = ("eps_high",)
     method_yaml = "configs/method/adapo.yaml"
 
     def __init__(
@@ -135,28 +124,26 @@ class ClipHigherController(EntropyController):
             raise ValueError(f"kappa must be > 1 (the multiplicative step), got {kappa!r}")
         self.eps_high_max = _positive("eps_high_max", eps_high_max)
         if initial_eps_high is not None:
-            self.coef = _positive("initial_eps_high", initial_eps_high)
+            self.initial_coef = _positive("initial_eps_high", initial_eps_high)
 
-    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
-        from epr_lightning.objectives.losses import GSPOLoss, PPOClipLoss
-
-        return [(p, "eps_high") for p in objective.find(PPOClipLoss) + objective.find(GSPOLoss)]
+    @property
+    def eps_low(self) -> float:
+        """ε_low of the adapted loss (fixed; the lower bound of ε_high)."""
+        return self._objective.coefficient("eps_low")
 
     def check_coef(self, coef: float, where: str) -> None:
-        low = float(self._piece.eps_low)
+        low = self.eps_low
         if not (low <= coef <= self.eps_high_max) or coef <= 0:
             raise ValueError(
                 f"{where}={coef!r} must be > 0 and within [eps_low={low}, eps_high_max={self.eps_high_max}]"
             )
 
     def limit(self, direction: int) -> tuple[float, str]:
-        return (
-            (self.eps_high_max, "eps_high_max") if direction > 0 else (float(self._piece.eps_low), "eps_low")
-        )
+        return (self.eps_high_max, "eps_high_max") if direction > 0 else (self.eps_low, "eps_low")
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return clip_higher_step(
-            coef, entropy, target, float(self._piece.eps_low), self.eps_high_max, self.kappa, self.tolerance
+            coef, entropy, target, self.eps_low, self.eps_high_max, self.kappa, self.tolerance
         )
 
 
@@ -181,7 +168,7 @@ class AdaptiveEntropyBonus(EntropyController):
         initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
     """
 
-    coef_name = "entropy_coef"
+    adapts = ("entropy_coef",)
     method_yaml = "configs/method/adaptive_entropy_bonus.yaml"
 
     def __init__(
@@ -207,12 +194,7 @@ class AdaptiveEntropyBonus(EntropyController):
             )
         if initial_coef is not None:
             self.check_coef(float(initial_coef), "initial_coef")
-            self.coef = float(initial_coef)
-
-    def pieces(self, objective: Any) -> list[tuple[Any, str]]:
-        from epr_lightning.objectives.entropy_terms import EntropyBonus
-
-        return [(p, "coef") for p in objective.find(EntropyBonus)]
+            self.initial_coef = float(initial_coef)
 
     def check_coef(self, coef: float, where: str) -> None:
         if not (self.coef_min <= coef <= self.coef_max):
@@ -224,7 +206,7 @@ class AdaptiveEntropyBonus(EntropyController):
         return (self.coef_max, "coef_max") if direction > 0 else (self.coef_min, "coef_min")
 
     def publish_target(self, target: float) -> None:
-        self._piece.target = float(target)
+        self._objective.set_coefficient("entropy_target", target)
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
         return adaptive_bonus_step(

@@ -281,29 +281,45 @@ def test_bad_controller_arguments(make, match):
         make()
 
 
-def test_state_round_trip_pushes_the_restored_coefficient():
+def test_state_round_trip_keeps_one_owner_of_the_coefficient():
     repo_r = REPOR(zeta=1e-3)
+    objective = Objective(transforms=[repo_r])
     ctrl = REPOZetaController()
-    drive(ctrl, FakeModule(Objective(transforms=[repo_r])), [2.0, 1.0, 1.0])
-    state = ctrl.state_dict()
+    drive(ctrl, FakeModule(objective), [2.0, 1.0, 1.0])
+    state = ctrl.state_dict()  # the controller's own state only: ζ is the objective's
     assert state == {
-        "coef": 4e-3,
         "initial_entropy": 2.0,
         "updates": 3,
         "last_entropy": 1.0,
         "last_target": 2.0,
         "saturated_iterations": 0,
     }
-    fresh_piece = REPOR(zeta=1e-3)  # e.g. an objective built from YAML before the restore
-    fresh = REPOZetaController()
+    assert objective.state_dict()["transforms.0"] == {"zeta": 4e-3}
+    fresh_objective = Objective(transforms=[REPOR(zeta=1e-3)])  # built from YAML, then restored
+    fresh_objective.load_state_dict(objective.state_dict())
+    fresh = REPOZetaController(initial_zeta=1e-3)  # a starting value does not override a restored one
     fresh.load_state_dict(state)
-    module = FakeModule(Objective(transforms=[fresh_piece]))
-    with pytest.warns(UserWarning, match="differs"):
+    module = FakeModule(fresh_objective)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         fresh.setup(None, module, "fit")
         fresh.on_train_start(None, module)
-    assert fresh_piece.zeta == 4e-3
+    assert fresh_objective.coefficient("zeta") == fresh.coef == 4e-3
     fresh.on_train_batch_end(None, module, {"record": record(3, 1.0)}, None, 3)
-    assert fresh_piece.zeta == 8e-3 and fresh.initial_entropy == 2.0  # H* is not re-measured
+    assert fresh_objective.coefficient("zeta") == 8e-3 and fresh.initial_entropy == 2.0  # H* not re-measured
+
+
+def test_a_checkpoint_with_the_controllers_old_copy_still_loads():
+    # before the objective owned its coefficients the controller saved its own copy, which won on disagreement
+    old_state = {"coef": 4e-3, "initial_entropy": 2.0, "updates": 3, "last_entropy": 1.0, "last_target": 2.0}
+    piece = REPOR(zeta=1e-3)
+    ctrl = REPOZetaController()
+    ctrl.load_state_dict(old_state)
+    module = FakeModule(Objective(transforms=[piece]))
+    with pytest.warns(UserWarning, match="differs"):
+        ctrl.setup(None, module, "fit")
+        ctrl.on_train_start(None, module)
+    assert piece.zeta == 4e-3 and "coef" not in ctrl.state_dict()
 
 
 def test_state_keys_distinguish_named_controllers():
@@ -359,7 +375,7 @@ def test_state_round_trip_through_a_real_checkpoint(tmp_path):
     saved = ckpt["callbacks"]["REPOZetaController"]
     saved_zeta = ckpt["epr"]["objective"]["transforms.0"]["zeta"]
     controller = first.model.controllers[0]
-    assert saved["coef"] == saved_zeta == controller.coef  # controller and objective agree in the file
+    assert "coef" not in saved and saved_zeta == controller.coef  # the objective alone saves ζ
     assert saved["updates"] == 2 and saved["initial_entropy"] == controller.initial_entropy is not None
     assert saved["initial_entropy"] > 0
 

@@ -17,7 +17,7 @@ from epr_lightning.objectives.losses import (
     token_covariance,
 )
 from epr_lightning.objectives.objective import Objective
-from epr_lightning.objectives.repo import REPOR
+from epr_lightning.objectives.repo import REPOD, REPOR
 
 LN2 = math.log(2.0)
 
@@ -343,3 +343,25 @@ def test_clip_decision_diff_counts_flips_between_bf16_and_fp32_ratios():
     out = PPOClipLoss(eps_low=0.2, eps_high=0.28)(batch)
     assert out.metrics["clip_decision_diff"].item() == pytest.approx(0.5)
     assert "clip_decision_diff" not in PPOClipLoss()(_batch(r16.log(), [[1.0, 1.0, -1.0, -1.0]])).metrics
+
+
+def test_objective_named_coefficients_one_interface():
+    obj = Objective(
+        transforms=[REPOR(zeta=1e-3)], loss=ClipCovLoss(PPOClipLoss(eps_high=0.28)), terms=[EntropyBonus()]
+    )
+    coefs = obj.coefficients()
+    assert {k: coefs[k] for k in ("zeta", "eps_low", "eps_high")} == {
+        "zeta": 1e-3,
+        "eps_low": 0.2,
+        "eps_high": 0.28,
+    }
+    assert set(coefs) == {"zeta", "eps_low", "eps_high", "entropy_coef", "entropy_target"}
+    obj.set_coefficient("eps_high", 0.35)  # the surrogate inside the Clip-Cov wrapper reads it
+    assert obj.loss.base.eps_high == 0.35 and obj.coefficient("eps_high") == 0.35
+    assert obj.state_dict()["loss.base"] == {"eps_low": 0.2, "eps_high": 0.35}  # saved by the objective
+    with pytest.raises(KeyError, match="no coefficient 'beta'"):
+        obj.coefficient("beta")
+    two = Objective(transforms=[REPOR(), REPOD()])
+    assert two.coefficient_pieces("zeta") == ["REPOR", "REPOD"]
+    with pytest.raises(KeyError, match="several"):
+        two.set_coefficient("zeta", 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -56,14 +57,15 @@ class LossOutput:
 
 
 class Adaptable:
-    """A piece whose coefficients named in ``coefficient_names`` are saved and restored with the objective
-    (None values are left out)."""
+    """A piece with adaptable coefficients: ``coefficients`` maps each one's public name (what
+    ``Objective.coefficient`` / ``Objective.set_coefficient`` take, e.g. ``zeta``) to the attribute the piece
+    reads. The objective saves and restores them (keyed by attribute; None values are left out)."""
 
-    coefficient_names: tuple[str, ...] = ()
+    coefficients: ClassVar[dict[str, str]] = {}
 
     def state_dict(self) -> dict[str, float]:
-        values = {name: getattr(self, name) for name in self.coefficient_names}
-        return {name: value for name, value in values.items() if value is not None}
+        values = {attr: getattr(self, attr) for attr in self.coefficients.values()}
+        return {attr: value for attr, value in values.items() if value is not None}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         for k, v in state.items():

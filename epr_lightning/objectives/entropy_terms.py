@@ -67,7 +67,7 @@ class EntropyBonus(LossTerm):
         }
         return LossOutput(loss=per_token, metrics=metrics)
 
-    coefficient_names = ("coef", "target")
+    coefficients = {"entropy_coef": "coef", "entropy_target": "target"}
 
 
 class KLPenalty(LossTerm):
@@ -92,4 +92,4 @@ class KLPenalty(LossTerm):
         kl = kl_estimate(batch.logp, batch.ref_logp, self.estimator)
         return LossOutput(loss=self.coef * kl, metrics={"kl_ref": masked_mean(kl.detach(), batch.mask)})
 
-    coefficient_names = ("coef",)
+    coefficients = {"kl_coef": "coef"}

@@ -160,7 +160,7 @@ class PPOClipLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    coefficient_names = ("eps_low", "eps_high")
+    coefficients = {"eps_low": "eps_low", "eps_high": "eps_high"}
 
 
 class GSPOLoss(PolicyLoss):
@@ -205,7 +205,7 @@ class GSPOLoss(PolicyLoss):
             loss=per_token, metrics=metrics, token_stats={"clip_upper": upper, "clip_lower": lower}
         )
 
-    coefficient_names = ("eps_low", "eps_high")
+    coefficients = {"eps_low": "eps_low", "eps_high": "eps_high"}
 
 
 class REINFORCELoss(PolicyLoss):
@@ -348,4 +348,4 @@ class KLCovLoss(_CovWrapper):
         stats = dict(out.token_stats, cov_kl=chosen)
         return LossOutput(loss=out.loss + penalty, metrics=metrics, token_stats=stats)
 
-    coefficient_names = ("kl_coef",)
+    coefficients = {"kl_cov_coef": "kl_coef"}

@@ -14,6 +14,7 @@ from torch import Tensor
 from epr_lightning.objectives.advantages import GRPOAdvantage
 from epr_lightning.objectives.aggregation import AggregationMode, Normaliser, aggregate
 from epr_lightning.objectives.base import (
+    Adaptable,
     AdvantageEstimator,
     AdvantageTransform,
     LossOutput,
@@ -152,6 +153,39 @@ class Objective:
                 raise KeyError(f"checkpoint has objective state for {name!r}, which this objective lacks")
             pieces[name].load_state_dict(sub)  # type: ignore[attr-defined]
 
+    # -- named coefficients: what controllers adapt --------------------------------------------------
+    def _owners(self, name: str) -> list[tuple[Adaptable, str]]:
+        pieces = [p for p in self._pieces().values() if isinstance(p, Adaptable)]
+        return [(p, p.coefficients[name]) for p in pieces if name in p.coefficients]
+
+    def coefficients(self) -> dict[str, float | None]:
+        """Every adaptable coefficient of the pieces by name (``zeta``, ``beta``, ``eps_high``, …)."""
+        pieces = [p for p in self._pieces().values() if isinstance(p, Adaptable)]
+        return {name: getattr(p, attr) for p in pieces for name, attr in p.coefficients.items()}
+
+    def coefficient_pieces(self, name: str) -> list[str]:
+        """The type names of the pieces that hold a coefficient called ``name`` (one, unless misconfigured)."""
+        return [type(p).__name__ for p, _ in self._owners(name)]
+
+    def _owner(self, name: str) -> tuple[Adaptable, str]:
+        owners = self._owners(name)
+        if len(owners) != 1:
+            pieces = ", ".join(type(p).__name__ for p, _ in owners)
+            raise KeyError(
+                f"the objective has {'no' if not owners else 'several'} coefficient {name!r}"
+                + (f" ({pieces})" if owners else f"; it has {sorted(self.coefficients())}")
+            )
+        return owners[0]
+
+    def coefficient(self, name: str) -> float:
+        piece, attr = self._owner(name)
+        return float(getattr(piece, attr))
+
+    def set_coefficient(self, name: str, value: float) -> None:
+        """The one way a coefficient changes during training (the piece reads it from the next step on)."""
+        piece, attr = self._owner(name)
+        setattr(piece, attr, float(value))
+
     def find(self, kind: type) -> list[object]:
-        """Every piece of the given type (controllers use this to find what they adapt)."""
+        """Every piece of the given type (wrapped surrogates included)."""
         return [p for p in self._pieces().values() if isinstance(p, kind)]

@@ -116,7 +116,7 @@ class REPO(AdvantageTransform):
         }
         return out
 
-    coefficient_names = ("beta",)
+    coefficients = {"beta": "beta"}
 
 
 class REPOR(AdvantageTransform):
@@ -154,7 +154,7 @@ class REPOR(AdvantageTransform):
         }
         return out
 
-    coefficient_names = ("zeta",)
+    coefficients = {"zeta": "zeta"}
 
 
 class REPOD(AdvantageTransform):
@@ -197,4 +197,4 @@ class REPOD(AdvantageTransform):
         }
         return out
 
-    coefficient_names = ("zeta",)
+    coefficients = {"zeta": "zeta"}
