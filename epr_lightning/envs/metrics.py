@@ -59,6 +59,6 @@ def format_episode(ep: Episode, max_chars: int = 1500) -> str:
 
 def log_sample_episode(logger: Any, rollout: EpisodeRollout, step: int, tag: str = "episodes/sample") -> None:
     """Write the batch's first episode (all turns) as TensorBoard text, when the logger is a TensorBoard one."""
-    experiment = getattr(logger, "experiment", None) if logger is not None else None
+    experiment: Any = getattr(logger, "experiment", None) if logger is not None else None
     if rollout.episodes and hasattr(experiment, "add_text"):
         experiment.add_text(tag, format_episode(rollout.episodes[0]), global_step=step)
