@@ -35,6 +35,15 @@ def _next_id(items: list[dict[str, Any]], state: dict[str, Any], kind: str) -> i
     return new
 
 
+def _add_record(
+    items: list[dict[str, Any]], state: dict[str, Any], kind: str, **fields: Any
+) -> dict[str, Any]:
+    """Append ``{"id": <new id>, **fields}`` to ``items``; a copy of the record is the tool's result."""
+    record = {"id": _next_id(items, state, kind), **fields}
+    items.append(record)
+    return dict(record)
+
+
 def _remember_ids(items: list[dict[str, Any]], state: dict[str, Any], kind: str) -> None:
     """Record the ids in use before a deletion, so ``_next_id`` never hands a deleted id out again."""
     issued = state.setdefault("_last_ids", {})
@@ -87,10 +96,10 @@ class Contacts(App):
             phone: phone number, e.g. "555-0142".
             email: email address (optional).
         """
-        contact: dict[str, Any] = {"id": _next_id(self.state["contacts"], self.state, "contacts")}
-        contact.update(name=_text(name, "name"), phone=_text(phone, "phone"), email=email.strip())
-        self.state["contacts"].append(contact)
-        return dict(contact)
+        return _add_record(
+            self.state["contacts"], self.state, "contacts",
+            name=_text(name, "name"), phone=_text(phone, "phone"), email=email.strip(),
+        )  # fmt: skip
 
     @tool
     def update_phone(self, contact_id: int, phone: str) -> dict[str, Any]:
@@ -131,15 +140,10 @@ class Calendar(App):
             raise ToolError("date must be YYYY-MM-DD and time HH:MM")
         for cid in attendees:
             self.contact(cid)
-        event: dict[str, Any] = {
-            "title": _text(title, "title"),
-            "date": date.strip(),
-            "time": time.strip(),
-            "attendees": sorted(set(attendees)),
-        }
-        event = {"id": _next_id(self.state["calendar"], self.state, "calendar"), **event}
-        self.state["calendar"].append(event)
-        return dict(event)
+        return _add_record(
+            self.state["calendar"], self.state, "calendar",
+            title=_text(title, "title"), date=date.strip(), time=time.strip(), attendees=sorted(set(attendees)),
+        )  # fmt: skip
 
     @tool
     def delete_event(self, event_id: int) -> str:
@@ -183,10 +187,9 @@ class Notes(App):
             title: the note's title.
             body: the note's text.
         """
-        note: dict[str, Any] = {"id": _next_id(self.state["notes"], self.state, "notes")}
-        note.update(title=_text(title, "title"), body=_text(body, "body"))
-        self.state["notes"].append(note)
-        return dict(note)
+        return _add_record(
+            self.state["notes"], self.state, "notes", title=_text(title, "title"), body=_text(body, "body")
+        )
 
     @tool
     def append(self, note_id: int, text: str) -> dict[str, Any]:
@@ -223,11 +226,12 @@ class Payments(App):
         pay = self.state["payments"]
         if not 0 < amount <= pay["balance"]:
             raise ToolError(f"amount must be > 0 and at most the balance {pay['balance']:.2f}")
-        tx = {"contact_id": contact_id, "amount": amount, "memo": _text(memo, "memo")}
-        tx = {"id": _next_id(pay["transactions"], self.state, "transactions"), **tx}
-        pay["transactions"].append(tx)
+        tx = _add_record(
+            pay["transactions"], self.state, "transactions", contact_id=contact_id, amount=amount,
+            memo=_text(memo, "memo"),
+        )  # fmt: skip
         pay["balance"] = round(pay["balance"] - amount, 2)
-        return dict(tx)
+        return tx
 
 
 class Messages(App):
@@ -242,10 +246,10 @@ class Messages(App):
             text: the message.
         """
         self.contact(contact_id)
-        msg = {"contact_id": contact_id, "direction": "out", "text": _text(text, "text")}
-        msg = {"id": _next_id(self.state["messages"], self.state, "messages"), **msg}
-        self.state["messages"].append(msg)
-        return dict(msg)
+        return _add_record(
+            self.state["messages"], self.state, "messages", contact_id=contact_id, direction="out",
+            text=_text(text, "text"),
+        )  # fmt: skip
 
     @tool
     def inbox(self, contact_id: int) -> list[dict[str, Any]]:
