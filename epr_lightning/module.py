@@ -279,7 +279,7 @@ class RLModule(pl.LightningModule):
             optimizer=self.optimizers(),
             scheduler=self.lr_schedulers(),
             backward=self.manual_backward,
-            params=list(self.built_policy.parameters()),
+            params=self.built_policy.parameters,
         )
 
     @property

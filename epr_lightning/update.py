@@ -109,7 +109,7 @@ class Optimization:
     optimizer: Any
     scheduler: Any | None
     backward: Callable[[Tensor], None]
-    params: Iterable[torch.nn.Parameter]
+    params: Callable[[], Iterable[torch.nn.Parameter]]  # read after backward (FSDP2 swaps its parameters)
 
 
 @dataclass
@@ -132,7 +132,7 @@ def optimizer_step(
     opt = optim.optimizer
     opt.zero_grad(set_to_none=True)
     optim.backward(loss)
-    params = [p for p in optim.params if p.grad is not None]
+    params = [p for p in optim.params() if p.grad is not None]
     max_norm = grad_clip if grad_clip is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
     full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2

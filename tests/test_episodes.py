@@ -150,8 +150,8 @@ def test_broken_environment_ends_that_episode_with_reward_zero(tiny_model, tiny_
     good, bad = rollout.episodes[:2], rollout.episodes[2:]
     assert all(ep.ended_by == "env_error" and ep.reward == 0.0 and ep.error for ep in bad)
     assert all(ep.ended_by == "final_answer" and ep.num_turns == 2 for ep in good)  # the others go on
-    rewards, correct, _, failures = rollout.scores(1.0)
-    assert failures == 2 and rewards[2:].tolist() == [0.0, 0.0]
+    scores = rollout.scores(1.0)
+    assert scores.failures == 2 and scores.rewards[2:].tolist() == [0.0, 0.0]
     tokens = rollout.to_batch(tok.pad_token_id)
     assert tokens.loss_mask[2:].sum() > 0  # the broken episode's model turn is still a trainable sample
     if mode == "hang":

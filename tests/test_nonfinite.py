@@ -33,7 +33,7 @@ def fake_module(max_nonfinite: int = 3) -> SimpleNamespace:
     opt = torch.optim.SGD(policy.parameters(), lr=0.1)
     sch = Recorder()
     optim = Optimization(
-        optimizer=opt, scheduler=sch, backward=lambda loss: loss.backward(), params=list(policy.parameters())
+        optimizer=opt, scheduler=sch, backward=lambda loss: loss.backward(), params=policy.parameters
     )
     return SimpleNamespace(policy=policy, optim=optim, guard=NonFiniteGuard(max_nonfinite), sch=sch)
 
