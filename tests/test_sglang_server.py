@@ -309,8 +309,8 @@ def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:
         port = s.getsockname()[1]
     peer = (
         "import torch, sys\n"
-        "from epr_lightning.rollout.sglang_server import init_custom_process_group\n"
-        f"pg = init_custom_process_group('gloo', 'tcp://127.0.0.1:{port}', 2, 1, 'g')\n"
+        "from epr_lightning.rollout.sglang_sync import init_custom_process_group\n"
+        f"pg = init_custom_process_group('gloo', 'tcp://127.0.0.1:{port}', 2, 1, 'g', timeout_s=60)\n"
         "t = torch.empty(2, 3, dtype=torch.bfloat16)\n"
         "torch.distributed.broadcast(t, src=0, group=pg)\n"
         f"torch.save(t, {str(tmp_path / 'got.pt')!r})\n"
@@ -320,7 +320,7 @@ def test_torch_broadcaster_reaches_a_peer_process_over_gloo(tmp_path) -> None:
         "import os, sys; sys.stdout.flush(); os._exit(0)\n"  # and skip the C++ static teardown
     )
     proc = subprocess.Popen([sys.executable, "-c", peer])
-    bc = TorchBroadcaster()
+    bc = TorchBroadcaster(timeout_s=60)  # a peer that dies on start fails the test in a minute, not ten
     try:
         bc.join("127.0.0.1", port, 2, "g", "gloo")
         sent = torch.tensor([[1.5, -2, 3], [0.25, 8, -1]], dtype=torch.bfloat16)

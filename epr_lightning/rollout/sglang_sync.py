@@ -13,10 +13,16 @@ import torch
 
 
 def init_custom_process_group(
-    backend: str, init_method: str, world_size: int, rank: int, group_name: str
+    backend: str,
+    init_method: str,
+    world_size: int,
+    rank: int,
+    group_name: str,
+    timeout_s: float = 600.0,
 ) -> Any:
     """A process group outside the default one, created like sglang's function of the same name (a
-    rendezvous store prefixed by ``group_name``); both sides of the weight-update group must agree on it."""
+    rendezvous store prefixed by ``group_name``); both sides of the weight-update group must agree on it.
+    ``timeout_s`` bounds the wait for the other ranks (and each collective)."""
     from datetime import timedelta
 
     from torch.distributed.distributed_c10d import (
@@ -27,7 +33,7 @@ def init_custom_process_group(
         rendezvous,
     )
 
-    timeout = timedelta(minutes=10)
+    timeout = timedelta(seconds=timeout_s)
     store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     pg, _ = _new_process_group_helper(
@@ -51,14 +57,20 @@ class TorchBroadcaster:
     Tests may replace it with any object that has the same ``join`` and ``broadcast`` methods.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 600.0) -> None:
         self.group: Any = None
+        self.timeout_s = timeout_s
 
     def join(
         self, master_addr: str, master_port: int, world_size: int, group_name: str, backend: str
     ) -> None:
         self.group = init_custom_process_group(
-            backend, f"tcp://{master_addr}:{master_port}", world_size, 0, group_name
+            backend,
+            f"tcp://{master_addr}:{master_port}",
+            world_size,
+            0,
+            group_name,
+            timeout_s=self.timeout_s,
         )
 
     def broadcast(self, tensor: torch.Tensor) -> None:
