@@ -47,6 +47,14 @@ def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
 LogProbDType = Literal["float32", "bfloat16"]
 
 
+def check_logprob_dtype(logprob_dtype: str) -> None:
+    """``model.logprob_dtype`` is one of ``LogProbDType``'s values."""
+    if logprob_dtype not in get_args(LogProbDType):
+        raise ValueError(
+            f"model.logprob_dtype must be one of {get_args(LogProbDType)}, got {logprob_dtype!r}"
+        )
+
+
 @dataclass
 class PolicyPass:
     """What one pass of the policy over a token batch gives, [N, T] each (0 off the score mask).

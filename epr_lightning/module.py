@@ -8,18 +8,15 @@ Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
-from epr_lightning.envs.base import EnvironmentTask
-from epr_lightning.envs.metrics import episode_metrics, log_sample_episode, success_by_difficulty
-from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
+from epr_lightning.logprobs import LogProbDType, PolicyPass, check_logprob_dtype, score_tokens
 from epr_lightning.lora import LoRAConfig, apply_lora
 from epr_lightning.models import (
     PackagedSmolLM2,
@@ -31,26 +28,19 @@ from epr_lightning.models import (
 )
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
+from epr_lightning.prompts import AdmittedPrompts, admit, check_prompt_settings, prompt_token_limit
 from epr_lightning.record import StepRecord, build_record
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
-from epr_lightning.rollout.episodes import EpisodeRollout, any_rank_active_fn, run_episodes
+from epr_lightning.rollout.episodes import any_rank_active_fn
 from epr_lightning.rollout.hf import HFEngine
+from epr_lightning.rollout.kinds import Completions, rollout_kind
 from epr_lightning.tasks.base import Example
-from epr_lightning.tasks.scoring import RolloutScores, score_rollout
 from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings, UpdateStats
 from epr_lightning.validation import run_validation_now, validation_metrics
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
-
-
-@dataclass
-class AdmittedPrompts:
-    """The prompts of a batch that fit the context, with their token ids (chat template applied)."""
-
-    examples: list[Example]
-    ids: list[list[int]]
 
 
 class RLModule(pl.LightningModule):
@@ -132,30 +122,14 @@ class RLModule(pl.LightningModule):
         settings = UpdateSettings(
             ppo_epochs, num_minibatches, minibatch_size, grad_clip, max_nonfinite_updates
         )
-        if long_prompts not in ("skip", "error"):
-            raise ValueError(f"model.long_prompts must be 'skip' or 'error', got {long_prompts!r}")
-        if max_prompt_tokens is not None and max_prompt_tokens < 1:
-            raise ValueError(f"model.max_prompt_tokens must be >= 1 or null, got {max_prompt_tokens}")
+        check_prompt_settings(max_prompt_tokens, long_prompts)
         if not reward_timeout_s > 0:
             raise ValueError(f"model.reward_timeout_s must be > 0, got {reward_timeout_s}")
         self.policy_source = policy
         self.engine = engine if engine is not None else HFEngine()
         self.objective = objective if objective is not None else Objective()
         self.sampling = sampling if sampling is not None else SamplingParams()
-        if self.objective.on_policy_only and not settings.single_step:
-            raise ValueError(
-                f"{type(self.objective.loss).__name__} is strictly on-policy: use ppo_epochs=1, "
-                "num_minibatches=1 (or null) and minibatch_size=null (one update per rollout)"
-            )
-        try:  # e.g. GRPO with std scaling or RLOO at G=1: fail at config time, not after the first rollout
-            self.objective.sequence_advantages(
-                torch.arange(float(num_generations)), torch.zeros(num_generations, dtype=torch.long)
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"model.num_generations={num_generations} does not suit "
-                f"{type(self.objective.advantage).__name__}: {err}"
-            ) from None
+        self.objective.check_settings(num_generations, settings.single_step)
         self.num_generations = num_generations
         self.policy_update = PolicyUpdate(settings, self.objective, self.policy_pass)
         self.objective.set_generation_budget(self.sampling.max_new_tokens)
@@ -163,10 +137,7 @@ class RLModule(pl.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.logprob_chunk_size = logprob_chunk_size
         self.fp32_lm_head = fp32_lm_head
-        if logprob_dtype not in get_args(LogProbDType):
-            raise ValueError(
-                f"model.logprob_dtype must be one of {get_args(LogProbDType)}, got {logprob_dtype!r}"
-            )
+        check_logprob_dtype(logprob_dtype)
         self.logprob_dtype = logprob_dtype
         self.use_chat_template = use_chat_template
         self.max_prompt_tokens = max_prompt_tokens
@@ -246,7 +217,7 @@ class RLModule(pl.LightningModule):
     def training_step(self, batch: list[Example], batch_idx: int) -> dict[str, StepRecord]:
         prompts = self.admit_prompts(batch)
         rollout = self.rollout(prompts, self.num_generations)
-        scores = self.score(prompts.examples, rollout)
+        scores = self.samples.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         seq_adv = self.objective.sequence_advantages(scores.rewards.to(self.device), tokens.group_index)
         stats = self.policy_update(
@@ -284,79 +255,49 @@ class RLModule(pl.LightningModule):
 
     @property
     def pad_id(self) -> int:
-        return (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     def admit_prompts(self, examples: list[Example]) -> AdmittedPrompts:
         """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; the rest with their token ids."""
-        system = getattr(self.task, "system_prompt", None)
         ids = encode_prompts(
             self.tokenizer,
             [e.messages or e.prompt for e in examples],
-            system,
+            getattr(self.task, "system_prompt", None),
             self.use_chat_template,
             getattr(self, "chat_template_kwargs", None),
         )
-        limit, where = self.prompt_token_limit()
-        kept = AdmittedPrompts([], [])
-        for ex, p in zip(examples, ids, strict=True):
-            if not ex.prompt.strip():
-                raise ValueError(f"example {ex.id!r} has an empty prompt")
-            if limit is not None and len(p) > limit:
-                if self.long_prompts == "error":
-                    raise ValueError(f"example {ex.id!r}: prompt has {len(p)} tokens > {where}")
-                self.skipped_prompts += 1
-                continue
-            kept.examples.append(ex)
-            kept.ids.append(p)
-        if not kept.examples:
-            raise ValueError(f"every prompt of this batch was longer than {where}")
-        return kept
-
-    def prompt_token_limit(self) -> tuple[int | None, str]:
-        """``model.max_prompt_tokens``, else the model's context minus ``sampling.max_new_tokens``."""
-        if self.max_prompt_tokens is not None:
-            return self.max_prompt_tokens, f"model.max_prompt_tokens={self.max_prompt_tokens}"
         context = getattr(getattr(self.policy, "config", None), "max_position_embeddings", None)
-        if not isinstance(context, int):
-            return None, "the model context"
-        limit = context - self.sampling.max_new_tokens
-        return limit, (
-            f"the model context {context} - sampling.max_new_tokens={self.sampling.max_new_tokens} = {limit} "
-            "(set model.max_prompt_tokens / model.long_prompts)"
-        )
-
-    @torch.no_grad()
-    def rollout(self, prompts: AdmittedPrompts, num_samples: int) -> Rollout:
-        self.engine.wake_up()
-        if isinstance(self.task, EnvironmentTask):  # multi-turn episodes (epr_lightning/rollout/episodes.py)
-            multi_rank = self._trainer is not None and self.trainer.world_size > 1
-            rollout: Rollout = run_episodes(
-                self.engine, self.policy, self.tokenizer, self.task, prompts.examples, self.sampling, num_samples,
-                getattr(self, "chat_template_kwargs", None),
-                any_rank_active_fn(self.device) if multi_rank else None,
-            )  # fmt: skip
-        else:
-            rollout = self.engine.generate(prompts.ids, self.sampling, num_samples, model=self.policy)
-        self.engine.sleep()
-        return rollout
+        limit, where = prompt_token_limit(self.max_prompt_tokens, context, self.sampling.max_new_tokens)
+        kept, skipped = admit(examples, ids, limit, where, self.long_prompts)
+        self.skipped_prompts += skipped
+        return kept
 
     @property
     def task(self) -> Any:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(dm, "task", None)
 
-    def score(self, examples: list[Example], rollout: Rollout) -> RolloutScores:
+    @property
+    def samples(self) -> Completions:
+        """How this task's samples are generated, scored and logged (``rollout/kinds.py``)."""
         if self.task is None:
             raise RuntimeError(
                 "RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)"
             )
-        if isinstance(rollout, EpisodeRollout):  # the environment already scored each episode
-            return rollout.scores(self.task.reward.success_threshold)
-        return score_rollout(self.task.reward, examples, rollout, self.reward_timeout_s)
+        multi_rank = self._trainer is not None and self.trainer.world_size > 1
+        return rollout_kind(
+            self.task, self.engine, reward_timeout_s=self.reward_timeout_s, tokenizer=self.tokenizer,
+            template_kwargs=getattr(self, "chat_template_kwargs", None),
+            any_rank_active=any_rank_active_fn(self.device) if multi_rank else None,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def rollout(self, prompts: AdmittedPrompts, num_samples: int) -> Rollout:
+        self.engine.wake_up()
+        rollout = self.samples.generate(prompts, self.sampling, num_samples, self.policy)
+        self.engine.sleep()
+        return rollout
 
     def policy_pass(
         self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
@@ -395,11 +336,9 @@ class RLModule(pl.LightningModule):
             "train/nonfinite_skips": torch.tensor(float(self.nonfinite_total)),
         }
         metrics.update({k: torch.as_tensor(v) for k, v in stats.metrics.items()})
-        if isinstance(rollout, EpisodeRollout):  # turns, tool calls, end causes, success per difficulty
-            threshold = self.task.reward.success_threshold
-            metrics.update({k: torch.tensor(v) for k, v in episode_metrics(rollout, threshold).items()})
-            if self.global_rank == 0:
-                log_sample_episode(self.logger, rollout, self.iteration)
+        metrics.update({k: torch.tensor(v) for k, v in self.samples.iteration_metrics(rollout).items()})
+        if self.global_rank == 0:
+            self.samples.log_sample(self.logger, rollout, self.iteration)
         bar = {"rollout/reward_mean", "policy/entropy"}
         for name, value in metrics.items():
             self.log(name, value.float(), on_step=True, prog_bar=name in bar, batch_size=num_prompts)
@@ -408,18 +347,14 @@ class RLModule(pl.LightningModule):
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
         prompts = self.admit_prompts(batch)
         rollout = self.rollout(prompts, self.val_num_generations)
-        scores = self.score(prompts.examples, rollout)
+        scores = self.samples.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         old = self.policy_pass(tokens, grad=False)
         size = len(prompts.examples)
         for name, value in validation_metrics(tokens, old, scores, rollout, self.val_num_generations).items():
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True)
-        if isinstance(rollout, EpisodeRollout):  # success per difficulty, weighted by its episodes
-            threshold = self.task.reward.success_threshold
-            for d, (rate, n) in success_by_difficulty(rollout.episodes, threshold).items():
-                self.log(
-                    f"val/success_d{d}", rate, on_epoch=True, on_step=False, batch_size=n, sync_dist=True
-                )
+        for name, value, n in self.samples.validation_metrics(rollout):  # e.g. success per difficulty
+            self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -437,9 +372,7 @@ class RLModule(pl.LightningModule):
         if state is None:
             return
         self.iteration = int(state["iteration"])
-        if (
-            self._trainer is None or self.trainer.state.fn == "fit"
-        ):  # evaluation works under any method config
+        if self._trainer is None or self.trainer.state.fn == "fit":  # validate works under any method
             try:
                 self.objective.load_state_dict(state["objective"])
             except KeyError as err:

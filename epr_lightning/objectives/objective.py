@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import get_args
 
+import torch
 from torch import Tensor
 
 from epr_lightning.objectives.advantages import GRPOAdvantage
@@ -86,6 +87,24 @@ class Objective:
     @property
     def on_policy_only(self) -> bool:
         return self.loss.on_policy_only
+
+    def check_settings(self, num_generations: int, single_step: bool) -> None:
+        """Fail at config time, not after the first rollout: a strictly on-policy loss with more than one
+        optimizer step per rollout, or a group size the advantage cannot use (GRPO's std or RLOO at G=1)."""
+        if self.on_policy_only and not single_step:
+            raise ValueError(
+                f"{type(self.loss).__name__} is strictly on-policy: use ppo_epochs=1, "
+                "num_minibatches=1 (or null) and minibatch_size=null (one update per rollout)"
+            )
+        try:
+            self.sequence_advantages(
+                torch.arange(float(num_generations)), torch.zeros(num_generations, dtype=torch.long)
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"model.num_generations={num_generations} does not suit "
+                f"{type(self.advantage).__name__}: {err}"
+            ) from None
 
     # -- the stages ----------------------------------------------------------------------------------
     def sequence_advantages(self, rewards: Tensor, group_index: Tensor) -> Tensor:
