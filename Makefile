@@ -26,7 +26,7 @@ demo: setup
 
 # pytest's exit code 5 (no test collected) is a failure here, not a pass
 test: setup
-	$(PY) -m pytest -q -m "not slow and not gpu"; rc=$$?; \
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # ruff (lint rules and formatting, configured in pyproject.toml) and mypy on the package

@@ -4,12 +4,20 @@
    (goal: step / (generate + fwd/bwd) ≤ 1.10).
 2. Monitoring overhead: time spent in the monitoring callbacks (entropy, diversity, precision, samples) at
    their default settings as a share of the step time (goal: ≤ 5%).
-3. Memory: peak memory of the chunked fp32 log-prob + entropy pass (forward and backward) against
+3. Step memory: the peak resident set of ``--iterations`` training steps of the app (``RLModule`` in a
+   ``Trainer``, the monitoring callbacks of 2. on) next to a raw loop doing the same work with the same model,
+   prompts and settings — transformers ``generate``, the same fp32 chunked log-prob pass (so both compute the
+   same numbers and the difference is what the app adds around them), backward, grad clip, AdamW step.
+   Each runs in a fresh subprocess after the same imports; reported is its peak RSS (sampled every 1 ms) above
+   the RSS right after the imports, up to the end of the first rollout (model load + generation) and over the
+   whole run (goal for both: the app's peak ≤ the raw loop's + 0.25 GiB).
+4. Log-prob memory: peak memory of the chunked fp32 log-prob + entropy pass (forward and backward) against
    materialising full fp32 logits, at batch×length = 8192 tokens and a 49,152 vocabulary (goal: ≤ 1/4).
    Each variant runs in a fresh subprocess and reports its peak growth of the resident set over the
    baseline (CPU, sampled every 0.5 ms) or its peak CUDA allocation.
 
-Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--skip-memory]``
+Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--skip-step] [--skip-step-memory]
+[--skip-memory]``
 """
 
 from __future__ import annotations
@@ -156,7 +164,173 @@ def bench_step(
     }
 
 
-# ----------------------------------------------------------------------------------------- memory
+# ----------------------------------------------------------------------------------------- step memory
+class PeakRSS:
+    """The resident set of this process, polled every millisecond in a thread; ``peak`` is its maximum."""
+
+    def __init__(self) -> None:
+        import os
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.now()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def now(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.001)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.now())
+
+
+def _policy_source(model: str) -> Any:
+    from epr_lightning.models import PackagedSmolLM2, TinyModel
+
+    if model == "smollm2":
+        return PackagedSmolLM2()
+    return TinyModel(hidden_size=256, intermediate_size=512, num_layers=4, vocab_size=49152)
+
+
+def _raw_policy(model: str) -> tuple[Any, Any]:
+    """The raw loop's model, loaded with transformers alone from the HF folder the app loads (SmolLM2: the cached
+    conversion of the packaged GGUF, which the parent process made before either child started)."""
+    source = _policy_source(model)
+    if model != "smollm2":
+        return source.build()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from epr_lightning.models import convert_gguf
+
+    folder = convert_gguf(Path(source.path), source.gguf_file)
+    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return policy.train(), tokenizer
+
+
+def step_memory_child(
+    which: str, model: str, iterations: int, prompts: int, generations: int, new_tokens: int
+) -> None:
+    """Run ``iterations`` steps of the raw loop or the app and print its peak RSS above the post-import RSS."""
+    import lightning.pytorch as pl
+
+    from epr_lightning.data import PromptDataModule
+    from epr_lightning.logprobs import score_tokens
+    from epr_lightning.models import disable_dropout, encode_prompts
+    from epr_lightning.module import RLModule
+    from epr_lightning.rollout.base import SamplingParams
+    from epr_lightning.tasks.arithmetic import ArithmeticTask
+
+    torch.manual_seed(0)
+    data = PromptDataModule(
+        ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
+    )
+    meter = PeakRSS()
+    rollout_peak: list[int] = []
+
+    def first_rollout_done() -> None:
+        if not rollout_peak:
+            rollout_peak.append(max(meter.peak, meter.now()))
+
+    if which == "app":
+        from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
+
+        module = RLModule(
+            policy=_policy_source(model),
+            sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
+            num_generations=generations,
+            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6, weight_decay=0.0),
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            callbacks=[EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()],
+        )  # fmt: skip
+        generate = module.engine.generate
+
+        def timed_generate(*args: Any, **kwargs: Any) -> Any:
+            out = generate(*args, **kwargs)
+            first_rollout_done()
+            return out
+
+        module.engine.generate = timed_generate  # type: ignore[method-assign]
+        trainer.fit(module, datamodule=data)
+    else:
+        policy, tok = _raw_policy(model)
+        disable_dropout(policy)
+        opt = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad], lr=1e-6, weight_decay=0.0
+        )
+        pad = tok.pad_token_id
+        data.setup("fit")
+        for batch in data.train_dataloader():
+            ids = encode_prompts(tok, [e.prompt for e in batch], getattr(data.task, "system_prompt", None))
+            flat = [p for p in ids for _ in range(generations)]
+            width = max(map(len, flat))
+            inp = torch.full((len(flat), width), pad)
+            attn = torch.zeros_like(inp)
+            for i, p in enumerate(flat):
+                inp[i, width - len(p) :], attn[i, width - len(p) :] = torch.tensor(p), 1
+            policy.eval()
+            with torch.no_grad():
+                seq = policy.generate(
+                    input_ids=inp, attention_mask=attn, do_sample=True, top_k=0, max_new_tokens=new_tokens,
+                    pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                )  # fmt: skip
+            policy.train()
+            first_rollout_done()
+            done = torch.cumsum((seq[:, width:] == tok.eos_token_id).long(), dim=1)
+            completion = ((done == 0) | ((done == 1) & (seq[:, width:] == tok.eos_token_id))).long()
+            full_attn = torch.cat([attn, completion], dim=1)
+            score = torch.cat([torch.zeros_like(attn), completion], dim=1).float()
+            logp = score_tokens(policy, seq, full_attn, score).logp
+            loss = -(logp * score).sum() / score.sum().clamp_min(1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+    peak = meter.stop()
+    print(json.dumps({"rollout_peak_bytes": rollout_peak[0] - meter.base, "peak_bytes": peak - meter.base}))
+
+
+def bench_step_memory(
+    model: str, iterations: int, prompts: int, generations: int, new_tokens: int
+) -> dict[str, float]:
+    _policy_source(
+        model
+    ).build()  # SmolLM2: make the one-time GGUF conversion here, outside both measurements
+    out = {}
+    for which in ("raw", "app"):
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--step-memory-child", which, "--model", model,
+             "--iterations", str(iterations), "--prompts", str(prompts), "--generations", str(generations),
+             "--new-tokens", str(new_tokens)],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"step-memory child {which!r} failed:\n{proc.stderr[-3000:]}")
+        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    gib = {f"{w}_{k}": v / 2**30 for w, d in out.items() for k, v in d.items()}
+    return {
+        **gib,
+        "rollout_gap_gib": gib["app_rollout_peak_bytes"] - gib["raw_rollout_peak_bytes"],
+        "gap_gib": gib["app_peak_bytes"] - gib["raw_peak_bytes"],
+    }
+
+
+# ----------------------------------------------------------------------------------------- log-prob memory
 MEMORY_CHILD = r"""
 import json, os, sys, threading, time, torch
 from epr_lightning.logprobs import chunked_logprobs_entropy
@@ -229,10 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--skip-step-memory", action="store_true")
+    parser.add_argument("--step-memory-child", choices=["raw", "app"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from epr_lightning.cli import _quiet_libraries
 
     _quiet_libraries()
+    if args.step_memory_child:
+        step_memory_child(
+            args.step_memory_child,
+            args.model,
+            args.iterations,
+            args.prompts,
+            args.generations,
+            args.new_tokens,
+        )
+        return 0
     ok = True
     if not args.skip_step:
         r = bench_step(args.model, args.iterations, args.prompts, args.generations, args.new_tokens)
@@ -251,6 +437,20 @@ def main(argv: list[str] | None = None) -> int:
             f"(goal <= 5%) {'OK' if r['monitor_share'] <= 0.05 else 'OVER'}"
         )
         ok &= r["step_ratio"] <= 1.10 and r["monitor_share"] <= 0.05
+    if not args.skip_step_memory:
+        r = bench_step_memory(args.model, args.iterations, args.prompts, args.generations, args.new_tokens)
+        print(
+            f"[step memory] model={args.model} {args.iterations} iterations, peak RSS above the post-import RSS"
+        )
+        print("                      first rollout   whole run")
+        print(f"  raw loop            {r['raw_rollout_peak_bytes']:9.3f} GiB {r['raw_peak_bytes']:9.3f} GiB")
+        print(f"  our training step   {r['app_rollout_peak_bytes']:9.3f} GiB {r['app_peak_bytes']:9.3f} GiB")
+        gaps_ok = max(r["rollout_gap_gib"], r["gap_gib"]) <= 0.25
+        print(
+            f"  gap                 {r['rollout_gap_gib']:+9.3f} GiB {r['gap_gib']:+9.3f} GiB   (goal <= 0.25) "
+            f"{'OK' if gaps_ok else 'OVER'}"
+        )
+        ok &= gaps_ok
     if not args.skip_memory:
         m = bench_memory()
         print("[memory] 8192 tokens x 49152 vocab, hidden 576, forward+backward of log-probs and entropy")
