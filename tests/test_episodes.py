@@ -243,6 +243,10 @@ def test_two_iterations_end_to_end_with_masks_logs_and_a_sample_episode(tmp_path
         "val/reward_mean",
     ):
         assert key in metrics and math.isfinite(float(metrics[key])), key
+    # validation says how its episodes went: every episode takes >= 2 turns, and the end causes are shares
+    assert float(metrics["val/episode/turns"]) >= 2
+    shares = [float(v) for k, v in metrics.items() if k.startswith("val/episode/ended_by/")]
+    assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
     files = sorted((tmp_path / "runs").rglob("events.out.tfevents*"))
     acc = EventAccumulator(str(files[-1]), size_guidance={"tensors": 0})
     acc.Reload()

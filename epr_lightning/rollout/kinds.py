@@ -104,9 +104,18 @@ class Episodes(Completions):
         log_sample_episode(logger, rollout, step)
 
     def validation_metrics(self, rollout: Rollout) -> list[tuple[str, float, int]]:
+        """Success per difficulty, and per episode: turns, tool calls, tool errors and the share of episodes
+        that each cause ended (``episode/ended_by/<cause>``), so a zero success rate says why."""
         assert isinstance(rollout, EpisodeRollout)
         by_difficulty = success_by_difficulty(rollout.episodes, self.threshold)
-        return [(f"success_d{d}", rate, n) for d, (rate, n) in by_difficulty.items()]
+        out = [(f"success_d{d}", rate, n) for d, (rate, n) in by_difficulty.items()]
+        n = len(rollout.episodes)
+        for name, value in episode_metrics(rollout, self.threshold).items():
+            if name.startswith("episode/ended_by/"):
+                out.append((name, value / max(n, 1), n))  # a count per batch in training; a share here
+            elif not name.startswith("episode/success/"):
+                out.append((name, value, n))
+        return out
 
 
 def rollout_kind(
