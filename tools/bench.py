@@ -82,18 +82,13 @@ def bench_step(
     from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
 
     from epr_lightning.data import PromptDataModule
-    from epr_lightning.models import PackagedSmolLM2, TinyModel
     from epr_lightning.module import RLModule
     from epr_lightning.rollout.base import SamplingParams
+    from epr_lightning.rollout.hf import left_pad
     from epr_lightning.tasks.arithmetic import ArithmeticTask
 
-    policy = (
-        PackagedSmolLM2()
-        if model == "smollm2"
-        else TinyModel(hidden_size=256, intermediate_size=512, num_layers=4, vocab_size=49152)
-    )
     module = RLModule(
-        policy=policy,
+        policy=_policy_source(model),
         sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
         num_generations=generations,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
@@ -121,13 +116,7 @@ def bench_step(
     rollout = module.engine.generate(prompt_ids, module.sampling, generations, model=module.policy)
     tokens = rollout.to_batch(module.pad_id)
     policy_model = module.policy
-    flat = [p for p in prompt_ids for _ in range(generations)]
-    width = max(map(len, flat))
-    ids = torch.full((len(flat), width), module.pad_id)
-    attn = torch.zeros_like(ids)
-    for i, p in enumerate(flat):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attn[i, width - len(p) :] = 1
+    ids, attn = left_pad([p for p in prompt_ids for _ in range(generations)], module.pad_id)
 
     def raw_generate() -> None:
         with torch.no_grad():
@@ -231,6 +220,7 @@ def step_memory_child(
     from epr_lightning.models import disable_dropout, encode_prompts
     from epr_lightning.module import RLModule
     from epr_lightning.rollout.base import SamplingParams
+    from epr_lightning.rollout.hf import left_pad
     from epr_lightning.tasks.arithmetic import ArithmeticTask
 
     torch.manual_seed(0)
@@ -277,12 +267,8 @@ def step_memory_child(
         data.setup("fit")
         for batch in data.train_dataloader():
             ids = encode_prompts(tok, [e.prompt for e in batch], getattr(data.task, "system_prompt", None))
-            flat = [p for p in ids for _ in range(generations)]
-            width = max(map(len, flat))
-            inp = torch.full((len(flat), width), pad)
-            attn = torch.zeros_like(inp)
-            for i, p in enumerate(flat):
-                inp[i, width - len(p) :], attn[i, width - len(p) :] = torch.tensor(p), 1
+            inp, attn = left_pad([p for p in ids for _ in range(generations)], pad)
+            width = inp.shape[1]
             policy.eval()
             with torch.no_grad():
                 seq = policy.generate(

@@ -55,6 +55,17 @@ class SampledTokenLogProbs(LogitsProcessor):
         return torch.stack(self.steps, dim=1)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``prompts`` padded on the left to the longest (what ``generate`` wants)."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention[i, width - len(p) :] = 1
+    return input_ids, attention
+
+
 class HFEngine(RolloutEngine):
     """Sampling with ``model.generate``.
 
@@ -126,12 +137,8 @@ class HFEngine(RolloutEngine):
         device: torch.device,
     ) -> tuple[list[list[int]], list[list[float]]]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, p in enumerate(prompts):  # left padding for generation
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention[i, width - len(p) :] = 1
+        input_ids, attention = left_pad(prompts, pad)
+        width = input_ids.shape[1]
         was_training = model.training
         model.eval()
         try:
