@@ -59,7 +59,14 @@ class EntropyController(Callback):
         name: str | None,
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
+        smoothing: float = 0.0,
     ) -> None:
+        if not (math.isfinite(float(smoothing)) and 0.0 <= smoothing < 1.0):
+            raise ValueError(
+                f"smoothing must be a number in [0, 1) (the weight of the previous reading), got {smoothing!r}"
+            )
+        self.smoothing = float(smoothing)
+        self.smoothed_entropy: float | None = None
         if initial_entropy_from not in get_args(InitialSource):
             raise ValueError(
                 f"initial_entropy_from must be one of {get_args(InitialSource)}, got {initial_entropy_from!r}"
@@ -138,6 +145,7 @@ class EntropyController(Callback):
             "last_entropy": self.last_entropy,
             "last_target": self.last_target,
             "saturated_iterations": self.saturated_iterations,
+            "smoothed_entropy": self.smoothed_entropy,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,6 +157,8 @@ class EntropyController(Callback):
         self.last_entropy = state.get("last_entropy")
         self.last_target = state.get("last_target")
         self.saturated_iterations = int(state.get("saturated_iterations", 0))
+        smoothed = state.get("smoothed_entropy")
+        self.smoothed_entropy = None if smoothed is None else float(smoothed)
         self._restored = True
 
     # -- hooks ----------------------------------------------------------------------------------------
@@ -206,6 +216,7 @@ class EntropyController(Callback):
                     f"iteration {record.iteration}"
                 )
             self.initial_entropy = self.measure_initial_entropy(pl_module, h)
+        h = self.read(h)
         target = float(self.target.value(record.iteration, self.initial_entropy))
         self._objective.set_coefficient(self._name, float(self.rule(self.coef, h, target)))
         self.publish_target(target)
@@ -219,6 +230,19 @@ class EntropyController(Callback):
             ("saturated", float(self.saturated_iterations > 0)),
         ):
             pl_module.log(self.metric(what), torch.tensor(float(value)), on_step=True, on_epoch=False)
+
+    def read(self, rollout_entropy: float) -> float:
+        """The entropy the rule compares with H*: this rollout's, or with ``smoothing`` > 0 an exponential moving
+        average ``s·previous + (1 − s)·this rollout`` that starts from the initial entropy. One rollout of a few
+        prompts varies by ±10–20% from prompt noise alone (SmolLM2, 4 prompts × 6 samples); an average over
+        iterations keeps that noise from driving the coefficient, at the cost of a lag of about s/(1 − s)
+        iterations."""
+        if self.smoothing == 0.0:
+            return rollout_entropy
+        previous = self.smoothed_entropy if self.smoothed_entropy is not None else self.initial_entropy
+        assert previous is not None  # the initial entropy is measured before the first reading
+        self.smoothed_entropy = self.smoothing * previous + (1.0 - self.smoothing) * rollout_entropy
+        return self.smoothed_entropy
 
     def measure_initial_entropy(self, pl_module: Any, rollout_entropy: float) -> float:
         """The entropy before any update that H* is relative to.

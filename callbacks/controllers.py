@@ -44,6 +44,8 @@ class REPOZetaController(EntropyController):
         initial_entropy_from: what H* is measured on (see ``EntropyController.measure_initial_entropy``):
             ``validation`` (the iteration-0 validation when the run has one, else the first rollout) or
             ``rollout``.
+        smoothing: weight of the previous reading in an exponential moving average of the rollout entropy
+            (0 = each rollout's own entropy, the paper's rule; see ``EntropyController.read``).
     """
 
     adapts = ("zeta", "beta")
@@ -60,8 +62,11 @@ class REPOZetaController(EntropyController):
         name: str | None = None,
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
+        smoothing: float = 0.0,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
+        super().__init__(
+            target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from, smoothing
+        )
         self.zeta_min = _positive("zeta_min", zeta_min)
         self.zeta_max = _positive("zeta_max", zeta_max)
         if not self.zeta_min < self.zeta_max:
@@ -101,6 +106,7 @@ class ClipHigherController(EntropyController):
         saturation_patience: warn after this many consecutive iterations at eps_high_max (entropy below H*) or
             at ε_low (above H*) (0 = never).
         initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
+        smoothing: moving-average weight of the previous entropy reading (as for ``REPOZetaController``).
     """
 
     adapts = ("eps_high",)
@@ -117,8 +123,11 @@ class ClipHigherController(EntropyController):
         name: str | None = None,
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
+        smoothing: float = 0.0,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
+        super().__init__(
+            target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from, smoothing
+        )
         self.kappa = _positive("kappa", kappa)
         if not self.kappa > 1:
             raise ValueError(f"kappa must be > 1 (the multiplicative step), got {kappa!r}")
@@ -166,6 +175,7 @@ class AdaptiveEntropyBonus(EntropyController):
         saturation_patience: warn after this many consecutive iterations at coef_max (entropy below H*) or
             coef_min (above H*) (0 = never).
         initial_entropy_from: ``validation`` or ``rollout`` (as for ``REPOZetaController``).
+        smoothing: moving-average weight of the previous entropy reading (as for ``REPOZetaController``).
     """
 
     adapts = ("entropy_coef",)
@@ -183,8 +193,11 @@ class AdaptiveEntropyBonus(EntropyController):
         name: str | None = None,
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
+        smoothing: float = 0.0,
     ) -> None:
-        super().__init__(target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from)
+        super().__init__(
+            target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from, smoothing
+        )
         self.delta = _positive("delta", delta)
         self.coef_min = float(coef_min)
         self.coef_max = _positive("coef_max", coef_max)

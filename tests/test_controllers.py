@@ -148,6 +148,38 @@ def test_zeta_controller_measures_h_star_at_iteration0_and_writes_the_transform(
     assert ctrl.updates == 4
 
 
+def test_smoothing_averages_the_rollout_entropy_from_h_star_and_survives_a_resume():
+    # H* = 2; rollouts read 2, 3, 1.8, 1.8. Each rollout alone: halve, double, double -> 2e-3.
+    raw = REPOR(zeta=1e-3)
+    drive(REPOZetaController(), FakeModule(Objective(transforms=[raw])), [2.0, 3.0, 1.8, 1.8])
+    assert raw.zeta == pytest.approx(2e-3)
+    # smoothing 0.5: the reading is 2, 2.5, 2.15, 1.975 -> halve, halve, double -> 5e-4
+    repo_r = REPOR(zeta=1e-3)
+    module = FakeModule(Objective(transforms=[repo_r]))
+    ctrl = REPOZetaController(smoothing=0.5)
+    drive(ctrl, module, [2.0, 3.0, 1.8, 1.8])
+    assert repo_r.zeta == pytest.approx(5e-4)
+    assert ctrl.smoothed_entropy == pytest.approx(1.975) and ctrl.last_entropy == pytest.approx(1.975)
+    assert module.logged["ctrl/entropy_error"] == pytest.approx(-0.025, abs=1e-6)
+    # the average starts from H*, not from the first rollout: H* = 1.8 (validation), first rollout 2.6 -> 2.2
+    first = REPOZetaController(smoothing=0.5)
+    val_module = FakeModule(Objective(transforms=[REPOR(zeta=1e-3)]))
+    val_module.initial_validation = {"val/entropy": 1.8}
+    drive(first, val_module, [2.6])
+    assert first.smoothed_entropy == pytest.approx(2.2)
+    # a resumed controller continues the average where it stopped
+    resumed_objective = Objective(transforms=[REPOR(zeta=1e-3)])
+    resumed_objective.load_state_dict(module.objective.state_dict())
+    resumed = REPOZetaController(smoothing=0.5)
+    resumed.load_state_dict(ctrl.state_dict())
+    resumed_module = FakeModule(resumed_objective)
+    resumed.setup(None, resumed_module, "fit")
+    resumed.on_train_start(None, resumed_module)
+    resumed.on_train_batch_end(None, resumed_module, {"record": record(4, 1.025)}, None, 4)
+    assert resumed.smoothed_entropy == pytest.approx(1.5)
+    assert resumed_objective.coefficient("zeta") == pytest.approx(1e-3)
+
+
 def test_h_star_comes_from_the_iteration0_validation_when_there_is_one():
     # the module validated before its first update: H* is that entropy (1.8), not the first rollout's (2.0)
     repo_r = REPOR(zeta=1e-3)
@@ -274,6 +306,8 @@ def test_out_of_range_starting_zeta_points_to_repo_d_yaml():
         (lambda: AdaptiveEntropyBonus(delta=0.0), "delta"),
         (lambda: AdaptiveEntropyBonus(coef_min=0.1, coef_max=0.05), "coef_min"),
         (lambda: ClipHigherController(saturation_patience=-1), "saturation_patience"),
+        (lambda: REPOZetaController(smoothing=1.0), "smoothing"),
+        (lambda: AdaptiveEntropyBonus(smoothing=-0.1), "smoothing"),
     ],
 )
 def test_bad_controller_arguments(make, match):
@@ -293,6 +327,7 @@ def test_state_round_trip_keeps_one_owner_of_the_coefficient():
         "last_entropy": 1.0,
         "last_target": 2.0,
         "saturated_iterations": 0,
+        "smoothed_entropy": None,
     }
     assert objective.state_dict()["transforms.0"] == {"zeta": 4e-3}
     fresh_objective = Objective(transforms=[REPOR(zeta=1e-3)])  # built from YAML, then restored
