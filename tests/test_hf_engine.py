@@ -125,3 +125,34 @@ def test_top_p_truncates_sampling_but_logprobs_stay_full_vocabulary_and_no_logit
     above = (probs * (probs > full.exp()[..., None])).sum(-1)
     assert bool((above[m] < 0.5 + 1e-6).all())
     assert m.sum() >= 20
+
+
+def test_shared_prompt_prefill_runs_each_prompt_once_and_samples_the_same(tiny_model, tiny_tokenizer):
+    # two prompts of different lengths (left padding) x 4 samples: the prefill runs on 2 rows, not 8
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=5)
+    rows: list[int] = []
+    hook = tiny_model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None
+    )
+    try:
+        separate = HFEngine(share_prompt_prefill=False)
+        separate.setup(tiny_model, tiny_tokenizer)
+        plain = separate.generate(prompts, params, 4, model=tiny_model)
+        assert rows == [8]  # one prefill of every row
+        rows.clear()
+        shared = _engine(tiny_tokenizer, tiny_model).generate(prompts, params, 4, model=tiny_model)
+        assert rows == [2]  # one prefill of each distinct prompt
+    finally:
+        hook.remove()
+    assert shared.completion_ids == plain.completion_ids
+    for a, b in zip(shared.sampler_logprobs, plain.sampler_logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    # and the tokens' log-probs are the trainer's (the cache was gathered to the right rows)
+    batch = shared.to_batch(tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(
+            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=0.7
+        )
+    m = batch.loss_mask.bool()
+    assert torch.allclose(logp[m], batch.sampler_logprobs[m], atol=1e-5)

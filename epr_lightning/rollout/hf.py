@@ -4,14 +4,21 @@ It samples from the very module being trained, so ``push_weights`` has nothing t
 are ``log_softmax(logits / T)`` over the full vocabulary (before top-p truncation), the same semantics as
 SGLang, computed in fp32 from the raw logits of each step — one step at a time, during ``generate``
 (``SampledTokenLogProbs``), rather than keeping every step's logits.
+
+A group's samples share their prompt: with ``share_prompt_prefill`` (the default) each distinct prompt of a
+``generate`` call is run through the model once and its key/value cache is copied to the group's rows, instead
+of G identical prefills (SGLang's prefix cache does the same on GPU). On SmolLM2 with 6 samples per prompt the
+prefill was ~40% of a rollout's time on CPU.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -19,6 +26,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from epr_lightning.models import base_model
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
 
 
@@ -66,17 +74,50 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, attention
 
 
+def shared_prefill(model: Any, input_ids: torch.Tensor, attention: torch.Tensor) -> dict[str, DynamicCache]:
+    """The key/value cache of every row's prompt but its last token, computed once per distinct row, as the
+    keyword argument that hands it to ``generate`` (``cache``; ``past_key_values`` in older transformers).
+
+    ``input_ids``/``attention`` are left-padded rows in which prompts repeat (a group's samples). The distinct
+    rows run through the model once (positions from the attention mask, as ``generate`` numbers them) and the
+    cache is then gathered to all rows; ``generate`` given this cache feeds only each row's last prompt token
+    before sampling. Empty when no row repeats or the prompts are one token wide (nothing to share).
+    """
+    if input_ids.shape[1] < 2:
+        return {}
+    seen: dict[tuple[int, ...], int] = {}
+    index = [seen.setdefault(tuple(row), len(seen)) for row in input_ids.tolist()]
+    if len(seen) == len(index):
+        return {}
+    first = [index.index(u) for u in range(len(seen))]  # one row of each distinct prompt
+    ids, mask = input_ids[first, :-1], attention[first, :-1]
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    accepts = inspect.signature(base_model(model).forward).parameters
+    name = "cache" if "cache" in accepts else "past_key_values"
+    kwargs: dict[str, Any] = {name: cache}
+    if "logits_to_keep" in accepts:
+        kwargs["logits_to_keep"] = 1  # the prefill's logits are not used
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    cache.reorder_cache(torch.tensor(index, device=input_ids.device))
+    return {name: cache}
+
+
 class HFEngine(RolloutEngine):
     """Sampling with ``model.generate``.
 
     Args:
         generation_batch_size: prompts × samples per ``generate`` call (None = all at once).
+        share_prompt_prefill: run each distinct prompt of a call through the model once and copy its key/value
+            cache to the rows that repeat it (the samples of a group), instead of once per row. Same tokens and
+            log-probs up to float rounding (the prefill's batch shape differs).
     """
 
-    def __init__(self, generation_batch_size: int | None = None) -> None:
+    def __init__(self, generation_batch_size: int | None = None, share_prompt_prefill: bool = True) -> None:
         if generation_batch_size is not None and generation_batch_size <= 0:
             raise ValueError(f"engine.generation_batch_size must be > 0, got {generation_batch_size}")
         self.generation_batch_size = generation_batch_size
+        self.share_prompt_prefill = share_prompt_prefill
         self.weight_version = 0
         self.generate_calls = 0
         self.rank = 0
@@ -159,12 +200,17 @@ class HFEngine(RolloutEngine):
                 processors.append(TemperatureLogitsWarper(params.temperature))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            # not with several ranks: generate(synced_gpus=True) keeps ranks in step, a prefill outside it would not
+            share = self.share_prompt_prefill and self.world_size == 1
+            cache = shared_prefill(model, input_ids, attention) if share else {}
             sequences = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
+                input_ids=input_ids,
+                attention_mask=attention,
                 generation_config=config,
                 logits_processor=processors,
                 synced_gpus=self.world_size > 1,
+                **cache,
             )
         finally:
             model.train(was_training)
