@@ -86,6 +86,24 @@ class PolicyPass:
         """The given rows, trimmed to ``width`` positions (a minibatch's view of a whole-rollout pass)."""
         return self._map(lambda t: t[rows, :width])
 
+    @staticmethod
+    def assemble(shape: torch.Size, parts: list[tuple[Tensor, PolicyPass]]) -> PolicyPass:
+        """A whole-rollout pass of ``shape`` [N, T] from passes over disjoint row sets (each trimmed to its own
+        width; positions past it are 0, off every mask). Detached."""
+
+        def gather(field: str) -> Tensor | None:
+            values = [(rows, getattr(part, field)) for rows, part in parts]
+            if any(v is None for _, v in values):
+                return None
+            full = torch.zeros(shape, device=values[0][1].device)
+            for rows, v in values:
+                full[rows, : v.shape[1]] = v.detach().to(full.dtype)
+            return full
+
+        logp, entropy = gather("logp"), gather("entropy")
+        assert logp is not None and entropy is not None
+        return PolicyPass(logp, entropy, gather("collision"), gather("logp_fp32"))
+
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
     # autocast (Trainer "bf16-mixed") would otherwise choose the matmul's precision itself

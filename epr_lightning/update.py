@@ -153,8 +153,9 @@ def _scatter(full: Tensor, rows: Tensor, part: Tensor) -> None:
 class PolicyUpdate:
     """``ppo_epochs`` passes of minibatch updates over one rollout.
 
-    With one epoch and one minibatch the update is exactly on-policy: π_old is the same forward pass as the
-    gradient's (detached), so the ratio is exactly 1 and no extra no-grad pass is spent.
+    π_old is needed for every row before the first optimizer step, but the first minibatch is still on-policy
+    when its gradient pass runs: that pass (detached) is its π_old, so the no-grad pass covers only the other
+    rows, and with one epoch of one minibatch there is none at all (the ratio is then exactly 1).
     """
 
     def __init__(self, settings: UpdateSettings, objective: Objective, policy_pass: PolicyPassFn) -> None:
@@ -175,24 +176,30 @@ class PolicyUpdate:
         obj, settings = self.objective, self.settings
         n = len(tokens)
         mb = settings.rows_per_minibatch(n)
-        fused = settings.ppo_epochs == 1 and mb >= n
-        old = None if fused else self.policy_pass(tokens, grad=False).detached()
+        gen = torch.Generator().manual_seed(1_000_003 * iteration + 17)
+        orders = [
+            torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
+            for _ in range(settings.ppo_epochs)
+        ]
+        first = orders[0][:mb].to(tokens.input_ids.device)  # the on-policy minibatch
+        rest = orders[0][mb:].to(tokens.input_ids.device)
+        old_rest = self.policy_pass(tokens.select(rest), grad=False).detached() if len(rest) else None
+        old: PolicyPass | None = None
         ref_logp = self._reference_logp(reference, tokens) if obj.needs_reference else None
         shape = tokens.input_ids.shape
         full = {k: torch.zeros(shape, device=tokens.input_ids.device) for k in ("adv", "up", "low")}
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        gen = torch.Generator().manual_seed(1_000_003 * iteration + 17)
-        for epoch in range(settings.ppo_epochs):
-            order = torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
+        for epoch, order in enumerate(orders):
             for start in range(0, n, mb):
                 rows = order[start : start + mb].to(tokens.input_ids.device)
                 sub = tokens.select(rows)
                 width = sub.input_ids.shape[1]
                 cur = self.policy_pass(sub, grad=True)
-                if fused or old is None:  # one minibatch of the whole rollout: this pass is π_old
-                    old = cur.detached()
-                    sub_old = old
+                if old is None:  # the first minibatch, before any step: this pass is its π_old
+                    sub_old = cur.detached()
+                    parts = [(first, sub_old)] + ([(rest, old_rest)] if old_rest is not None else [])
+                    old = PolicyPass.assemble(shape, parts)
                 else:
                     sub_old = old.rows(rows, width)
                 seen = cur.detached() if obj.transform_logprob == "current" else sub_old

@@ -78,3 +78,45 @@ def test_disable_dropout_reports_what_it_changed():
     model, _ = DropoutTiny().build()
     assert disable_dropout(model) > 0
     assert disable_dropout(model) == 0  # idempotent
+
+
+@pytest.mark.parametrize(
+    "num_minibatches, ppo_epochs, passes",
+    [
+        (1, 1, [(6, True)]),  # on-policy: the gradient pass is π_old, no other pass
+        (2, 1, [(3, False), (3, True), (3, True)]),  # π_old without grad only for the second minibatch's rows
+        (3, 2, [(4, False)] + [(2, True)] * 6),
+    ],
+)
+def test_pi_old_comes_from_the_first_minibatch_pass_and_one_no_grad_pass_over_the_rest(
+    num_minibatches, ppo_epochs, passes
+):
+    from epr_lightning.models import TinyModel
+    from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings
+
+    module = RLModule(policy=TinyModel())
+    module.configure_model()
+    g = torch.Generator().manual_seed(2)
+    vocab = len(module.tokenizer)
+    ids = torch.randint(5, vocab, (6, 10), generator=g)
+    mask = torch.zeros(6, 10)
+    mask[:, 4:] = 1.0
+    tokens = TokenBatch(ids, torch.ones(6, 10, dtype=torch.long), mask, torch.zeros(6, 10), torch.arange(6))
+    before = module.policy_pass(tokens, grad=False)  # π_old of every row, in one pass, before any step
+    calls: list[tuple[int, bool]] = []
+
+    def recorded(batch, *, grad, model=None):
+        calls.append((len(batch), grad))
+        return module.policy_pass(batch, grad=grad, model=model)
+
+    settings = UpdateSettings(ppo_epochs=ppo_epochs, num_minibatches=num_minibatches)
+    update = PolicyUpdate(settings, Objective(), recorded)
+    opt = torch.optim.SGD(module.policy.parameters(), lr=0.5)
+    optim = Optimization(opt, None, lambda loss: loss.backward(), lambda: module.policy.parameters())
+    stats = update(tokens, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), iteration=0, optim=optim)
+    assert calls == passes
+    m = mask.bool()
+    assert torch.allclose(stats.old.logp[m], before.logp[m], atol=1e-5)
+    assert torch.allclose(stats.old.entropy[m], before.entropy[m], atol=1e-5)
+    after = module.policy_pass(tokens, grad=False)
+    assert not torch.allclose(after.logp[m], before.logp[m], atol=1e-3)  # the steps did move the policy
