@@ -32,14 +32,26 @@ def entropy_direction(entropy: float, target: float, tolerance: float = 0.0) -> 
 
 
 def zeta_step(
-    zeta: float, entropy: float, target: float, zeta_min: float, zeta_max: float, tolerance: float = 0.0
+    zeta: float,
+    entropy: float,
+    target: float,
+    zeta_min: float,
+    zeta_max: float,
+    tolerance: float = 0.0,
+    sign_flip: bool = True,
 ) -> float:
     """The ζ controller rule of docs/methods.md §6.1 (doubling/halving on a signed log scale).
 
     Below target: ζ > 0 doubles (capped at ζ_max); ζ = 0 starts at +ζ_min; ζ < 0 halves, and a halving that
     would land inside (−ζ_min, ζ_min) flips to +ζ_min. Above target: the mirror image toward −ζ_max.
+    ``sign_flip=False`` [X]: ζ stays in [ζ_min, ζ_max] — above target it halves down to ζ_min and stops there,
+    so ζ_min is a floor of entropy preservation rather than the edge of a flip to sharpening.
     """
     d = entropy_direction(entropy, target, tolerance)
+    if not sign_flip:
+        if zeta < 0:
+            raise ValueError(f"zeta={zeta!r} is negative but sign_flip=False keeps ζ in [zeta_min, zeta_max]")
+        return min(max(zeta * 2.0**d, zeta_min), zeta_max)
     if d > 0:  # raise
         if zeta > 0:
             return min(2.0 * zeta, zeta_max)

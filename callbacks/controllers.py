@@ -46,6 +46,9 @@ class REPOZetaController(EntropyController):
             ``rollout``.
         smoothing: weight of the previous reading in an exponential moving average of the rollout entropy
             (0 = each rollout's own entropy, the paper's rule; see ``EntropyController.read``).
+        sign_flip: True (the paper's rule): above target, a halving below zeta_min flips ζ negative (REPO then
+            sharpens). False [X]: ζ stays in [zeta_min, zeta_max], so zeta_min is a floor that keeps preserving
+            entropy (see ``zeta_step``).
     """
 
     adapts = ("zeta", "beta")
@@ -63,10 +66,12 @@ class REPOZetaController(EntropyController):
         saturation_patience: int = 5,
         initial_entropy_from: InitialSource = "validation",
         smoothing: float = 0.0,
+        sign_flip: bool = True,
     ) -> None:
         super().__init__(
             target, entropy_source, tolerance, name, saturation_patience, initial_entropy_from, smoothing
         )
+        self.sign_flip = bool(sign_flip)
         self.zeta_min = _positive("zeta_min", zeta_min)
         self.zeta_max = _positive("zeta_max", zeta_max)
         if not self.zeta_min < self.zeta_max:
@@ -81,12 +86,19 @@ class REPOZetaController(EntropyController):
                 f"{where}={coef!r} is outside the controller's range |ζ| ≤ zeta_max={self.zeta_max} "
                 "(REPO-D uses zeta_min=1e-3, zeta_max=10: configs/method/repo_d.yaml)"
             )
+        if not self.sign_flip and not self.zeta_min <= coef:
+            raise ValueError(
+                f"{where}={coef!r} is below zeta_min={self.zeta_min}: with sign_flip=false ζ stays in "
+                f"[zeta_min, zeta_max]; start at zeta_min or above"
+            )
 
     def limit(self, direction: int) -> tuple[float, str]:
+        if direction < 0 and not self.sign_flip:
+            return self.zeta_min, "zeta_min"
         return direction * self.zeta_max, "zeta_max"
 
     def rule(self, coef: float, entropy: float, target: float) -> float:
-        return zeta_step(coef, entropy, target, self.zeta_min, self.zeta_max, self.tolerance)
+        return zeta_step(coef, entropy, target, self.zeta_min, self.zeta_max, self.tolerance, self.sign_flip)
 
 
 class ClipHigherController(EntropyController):

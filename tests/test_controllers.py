@@ -55,6 +55,34 @@ def test_zeta_step_walks_the_signed_log_scale():
     assert path[-1] == -ZMAX and all(abs(v) >= ZMIN for v in path)
 
 
+def test_zeta_step_without_sign_flip_stops_at_the_floor():
+    # [zeta_min, zeta_max] = [0.1, 1.0]: above target halves down to the floor, never below or across zero
+    assert zeta_step(0.2, 3.0, 2.0, 0.1, 1.0, sign_flip=False) == pytest.approx(0.1)
+    assert zeta_step(0.1, 3.0, 2.0, 0.1, 1.0, sign_flip=False) == pytest.approx(0.1)
+    assert zeta_step(0.1, 3.0, 2.0, 0.1, 1.0) == pytest.approx(-0.1)  # the paper's rule flips here
+    assert zeta_step(0.1, 1.0, 2.0, 0.1, 1.0, sign_flip=False) == pytest.approx(0.2)
+    assert zeta_step(0.8, 1.0, 2.0, 0.1, 1.0, sign_flip=False) == pytest.approx(1.0)
+    assert zeta_step(0.3, 2.0, 2.0, 0.1, 1.0, sign_flip=False) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="sign_flip"):
+        zeta_step(-0.2, 1.0, 2.0, 0.1, 1.0, sign_flip=False)
+
+
+def test_floor_controller_never_turns_negative_and_warns_at_the_floor():
+    readings = [2.0, 2.5, 2.5, 2.5, 2.5, 1.5]  # H* = 2; above the band four times, then below
+    flipping = REPOR(zeta=0.2)
+    drive(
+        REPOZetaController(zeta_min=0.1, zeta_max=1.0), FakeModule(Objective(transforms=[flipping])), readings
+    )
+    assert flipping.zeta == pytest.approx(-0.2)  # 0.1 -> -0.1 -> -0.2 -> -0.4, then halves back to -0.2
+    floor = REPOR(zeta=0.2)
+    ctrl = REPOZetaController(zeta_min=0.1, zeta_max=1.0, sign_flip=False, saturation_patience=3)
+    with pytest.warns(UserWarning, match="zeta_min"):
+        drive(ctrl, FakeModule(Objective(transforms=[floor])), readings)
+    assert floor.zeta == pytest.approx(0.2)  # 0.1, 0.1, 0.1, 0.1 (at the floor), then doubled
+    with pytest.raises(ValueError, match="below zeta_min"):
+        REPOZetaController(zeta_min=0.1, zeta_max=1.0, sign_flip=False, initial_zeta=0.05)
+
+
 def test_tolerance_band_holds_the_coefficient():
     # |H - H*| = 0.05 <= 0.1 * 1.0 -> hold; 0.2 > 0.1 -> move
     assert entropy_direction(0.95, 1.0, tolerance=0.1) == 0
