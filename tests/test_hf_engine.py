@@ -16,6 +16,16 @@ def _engine(tok, model):
     return engine
 
 
+def assert_sampler_logprobs_are_the_trainers(rollout, model, tokenizer, temperature):
+    batch = rollout.to_batch(tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=temperature
+        )
+    m = batch.loss_mask.bool()
+    assert torch.allclose(logp[m], batch.sampler_logprobs[m], atol=1e-5)
+
+
 def test_groups_are_prompt_major_and_logprobs_match_trainer(tiny_model, tiny_tokenizer):
     prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
     params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=3)
@@ -28,13 +38,7 @@ def test_groups_are_prompt_major_and_logprobs_match_trainer(tiny_model, tiny_tok
         assert len(ids) == len(lps) and 1 <= len(ids) <= 10
         assert finish == ("stop" if ids[-1] == tiny_tokenizer.eos_token_id else "length")
         assert tiny_tokenizer.eos_token_id not in ids[:-1]  # cut at the first stop token
-    batch = rollout.to_batch(tiny_tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp, _ = token_logprobs_and_entropy(
-            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=0.7
-        )
-    m = batch.loss_mask.bool()
-    assert torch.allclose(logp[m], batch.sampler_logprobs[m], atol=1e-5)
+    assert_sampler_logprobs_are_the_trainers(rollout, tiny_model, tiny_tokenizer, 0.7)
 
 
 def test_seeded_per_call_and_global_rng_untouched(tiny_model, tiny_tokenizer):
@@ -149,10 +153,4 @@ def test_shared_prompt_prefill_runs_each_prompt_once_and_samples_the_same(tiny_m
     for a, b in zip(shared.sampler_logprobs, plain.sampler_logprobs, strict=True):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
     # and the tokens' log-probs are the trainer's (the cache was gathered to the right rows)
-    batch = shared.to_batch(tiny_tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp, _ = token_logprobs_and_entropy(
-            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=0.7
-        )
-    m = batch.loss_mask.bool()
-    assert torch.allclose(logp[m], batch.sampler_logprobs[m], atol=1e-5)
+    assert_sampler_logprobs_are_the_trainers(shared, tiny_model, tiny_tokenizer, 0.7)
