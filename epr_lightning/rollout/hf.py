@@ -14,7 +14,7 @@ prefill was ~40% of a rollout's time on CPU.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -99,7 +99,7 @@ def shared_prefill(model: Any, input_ids: torch.Tensor, attention: torch.Tensor)
     if "logits_to_keep" in accepts:
         kwargs["logits_to_keep"] = 1  # the prefill's logits are not used
     model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-    cache.reorder_cache(torch.tensor(index, device=input_ids.device))
+    cache.reorder_cache(cast(torch.LongTensor, torch.tensor(index, device=input_ids.device)))
     return {name: cache}
 
 
