@@ -5,8 +5,8 @@ Setup (identical for every method): 62 rewarded characters (letters and digits) 
 temperature 0.1, so H0 ≈ 3.4 nats. Each method otherwise as its YAML says (advantage estimator, aggregation,
 clip; ADAPO ε_high 0.28 → [0.2, 1.0], κ = 1.25).
 
-REPO-R runs with |ζ| ∈ [1e-4, 0.5] starting at ζ = 0.05 (constructor arguments, ``WIDE_REPO_R``; the same
-bounds and start as ``configs/method/repo_r.yaml``, without its ±5% band), not the paper's [1e-4, 0.05] from
+REPO-R runs with |ζ| ∈ [1e-4, 0.5] starting at ζ = 0.05 (constructor arguments, ``WIDE_REPO_R``; the bounds
+and start ``configs/method/repo_r.yaml`` shipped before its SmolLM2 floor [0.1, 1.0]), not the paper's [1e-4, 0.05] from
 1e-3, because measured on this toy the paper's cap binds and entropy still falls: with |ζ| ≤ 0.05, ζ sits at
 +0.05 at the end and the end entropy is 0.47–0.63·H* (table below). Our reading [X], not measured term by term: REPO-R adds ≈ η·ζ·|A|·E_π[π·L²] against the pull −η·E_π[π·A·L]
 (L = log π + H, docs/methods.md §1 and §5); here every one of 12 tokens carries 1/12 of the reward, so A and L are far

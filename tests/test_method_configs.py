@@ -169,9 +169,10 @@ def test_method_specific_settings(tmp_path):
     repo_d = model("repo_d").configure_callbacks()[0]
     assert (repo_d.zeta_min, repo_d.zeta_max) == (1e-3, 10.0)
     repo_r = model("repo_r")
-    assert repo_r.objective.transforms[0].zeta == 0.05  # our SmolLM2 defaults (docs/results.md)
+    assert repo_r.objective.transforms[0].zeta == 0.2  # our SmolLM2 defaults (docs/results.md)
     zeta_ctrl = repo_r.configure_callbacks()[0]
-    assert (zeta_ctrl.zeta_min, zeta_ctrl.zeta_max, zeta_ctrl.tolerance) == (1e-4, 0.5, 0.05)
+    assert (zeta_ctrl.zeta_min, zeta_ctrl.zeta_max, zeta_ctrl.tolerance) == (0.1, 1.0, 0.05)
+    assert zeta_ctrl.sign_flip is False
     adapo = model("adapo")
     assert adapo.configure_callbacks()[0].kappa == 1.25 and adapo.objective.loss.eps_high == 0.28
 
