@@ -452,6 +452,14 @@ def test_state_round_trip_through_a_real_checkpoint(tmp_path):
     assert spy.zeta_at_start[0] == saved_zeta  # the first resumed iteration used the saved ζ
     # its update followed the rule from the saved ζ and the saved H* (not a re-measured one)
     assert spy.zeta_at_start[1] == pytest.approx(
-        zeta_step(saved_zeta, spy.entropy[0], saved["initial_entropy"], 1e-4, 0.05)
+        zeta_step(
+            saved_zeta,
+            spy.entropy[0],
+            saved["initial_entropy"],
+            resumed.zeta_min,
+            resumed.zeta_max,
+            resumed.tolerance,
+            resumed.sign_flip,
+        )
     )
     assert resumed.initial_entropy == saved["initial_entropy"] and resumed.updates == 4
