@@ -97,12 +97,17 @@ class PolicyPass:
                 return None
             full = torch.zeros(shape, device=values[0][1].device)
             for rows, v in values:
-                full[rows, : v.shape[1]] = v.detach().to(full.dtype)
+                scatter_rows(full, rows, v)
             return full
 
         logp, entropy = gather("logp"), gather("entropy")
         assert logp is not None and entropy is not None
         return PolicyPass(logp, entropy, gather("collision"), gather("logp_fp32"))
+
+
+def scatter_rows(full: Tensor, rows: Tensor, part: Tensor) -> None:
+    """Write ``part`` (a minibatch's rows, trimmed to their own width) into ``rows`` of the whole-rollout ``full``."""
+    full[rows, : part.shape[1]] = part.detach().to(full.dtype)
 
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from epr_lightning.logprobs import PolicyPass
+from epr_lightning.logprobs import PolicyPass, scatter_rows
 from epr_lightning.objectives.aggregation import global_normaliser
 from epr_lightning.objectives.base import PolicyBatch
 from epr_lightning.objectives.objective import Objective
@@ -146,10 +146,6 @@ def optimizer_step(
     return norm_value
 
 
-def _scatter(full: Tensor, rows: Tensor, part: Tensor) -> None:
-    full[rows, : part.shape[1]] = part.detach().to(full.dtype)
-
-
 class PolicyUpdate:
     """``ppo_epochs`` passes of minibatch updates over one rollout.
 
@@ -220,11 +216,11 @@ class PolicyUpdate:
                 out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
                 norm = optimizer_step(optim, out.loss, settings.grad_clip, self.guard, iteration)
                 if epoch == 0:
-                    _scatter(full["adv"], rows, adv)
+                    scatter_rows(full["adv"], rows, adv)
                 if epoch == settings.ppo_epochs - 1:
                     for key, name in (("up", "clip_upper"), ("low", "clip_lower")):
                         if name in out.token_stats:
-                            _scatter(full[key], rows, out.token_stats[name])
+                            scatter_rows(full[key], rows, out.token_stats[name])
                 step_metrics = {k: float(v) for k, v in out.metrics.items()}
                 step_metrics.update(
                     {
