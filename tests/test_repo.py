@@ -80,8 +80,17 @@ def test_repo_d_hand_beta_and_decorrelation():
     )
     torch.testing.assert_close(out, (a - beta * ell) * mask)
     assert out[0, 2].item() == 0.0
-    # zeta = 0.5 halves beta; without S the transform refuses to guess
-    REPOD(zeta=0.5)(a, lp, h, mask, collision=col)
+    # zeta = 0.5 halves beta: 0.5*0.1/den = 0.592521, and leaves half the first-order term, 0.1 - 0.05 = 0.05;
+    # A' = A - beta*L = [1 - 0.592521*(1 - ln2), -1 - 0.592521*(1 - 2 ln2)] = [0.818183, -0.771112], padding 0
+    half = REPOD(zeta=0.5)
+    out_half = half(a, lp, h, mask, collision=col)
+    assert half.last_stats["beta"] == pytest.approx(0.592521, rel=1e-5)
+    beta_half = half.last_stats["beta"]
+    assert (a * (pi * ell - col) * mask).sum().item() - beta_half * (pi * ell * ell * mask).sum().item() == (
+        pytest.approx(0.05, abs=1e-6)
+    )
+    torch.testing.assert_close(out_half, torch.tensor([[0.818183, -0.771112, 0.0]]), rtol=0, atol=1e-5)
+    # without S the transform refuses to guess
     with pytest.raises(ValueError, match="collision"):
         REPOD()(a, lp, h, mask)
 
