@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -122,11 +123,45 @@ def test_bad_calls_become_errors_and_change_nothing(tools, name: str, args: dict
     assert json.loads(result.to_json()) == {"name": name, "error": result.error}
 
 
-def test_model_text_is_never_executed(tools) -> None:
-    result = dispatch(
-        tools, ToolCall("contacts_search", {"query": "__import__('os').system('touch /tmp/x')"})
+def test_model_text_is_never_executed(tmp_path, monkeypatch) -> None:
+    # Code in a tool name, in arguments and around the call, through the episode's parse + dispatch path: were any
+    # of it eval'd / exec'd / compiled / run in a shell, the sentinel file would exist or a recorder would have a call.
+    import builtins
+    import os
+    import subprocess
+
+    calls: list[str] = []  # calls that were handed the model's text (the dispatcher evals type hints itself)
+
+    def recorder(name: str, real):
+        def record(*args, **kwargs):
+            if "pwned-sentinel" in repr((args, kwargs)):
+                calls.append(name)
+            return real(*args, **kwargs)
+
+        return record
+
+    for module, name in ((builtins, "eval"), (builtins, "exec"), (builtins, "compile"), (os, "system")):
+        monkeypatch.setattr(module, name, recorder(name, getattr(module, name)))
+    monkeypatch.setattr(subprocess, "Popen", recorder("Popen", subprocess.Popen))
+    sentinel = tmp_path / "pwned-sentinel"
+    code = f"__import__('pathlib').Path({str(sentinel)!r}).touch()"
+    env = ToolWorld(num_train=1, num_val=0).spawn()
+    env.reset(Example("x", "task", None, {"world": copy.deepcopy(WORLD), "required": []}, None))
+    turn = (
+        f"{code}\n"
+        + call("contacts_search", query=code)
+        + call("notes_create", title=code, body=code)
+        + f'<tool_call>{{"name": {json.dumps(code)}, "arguments": {{}}}}</tool_call>'
+        + f'<tool_call>{{"name": "payments_balance", "arguments": {json.dumps(code)}}}</tool_call>'
     )
-    assert result.error is None and result.result == []
+    results = [json.loads(line) for line in env.step(turn).observation.splitlines()]
+    assert results[0] == {
+        "name": "contacts_search",
+        "result": [],
+    }  # searched as text: no contact is named that
+    assert results[1]["result"]["title"] == code and results[1]["result"]["body"] == code  # stored verbatim
+    assert "unknown tool" in results[2]["error"] and "error" in results[3]
+    assert calls == [] and not sentinel.exists()
 
 
 def test_tool_specs_are_typed_and_documented(tools) -> None:
@@ -282,28 +317,105 @@ def test_splits_are_deterministic_and_disjoint() -> None:
     assert [t.key() for t in generate_tasks("train", 30, **kw)] == [t.key() for t in splits["train"][:30]]
 
 
-def _oracle_turns(required: list) -> list[str]:
-    """Calls that produce exactly the required effects (ids known: no lookups needed by the oracle)."""
-    turns = []
-    for kind, *args in required:
-        if kind == "notes.created":
-            turns.append(call("notes_create", title=args[0], body=args[1]))
-        elif kind == "contacts.added":
-            turns.append(call("contacts_add", name=args[0], phone=args[1]))
-        elif kind == "contacts.phone_changed":
-            turns.append(call("contacts_update_phone", contact_id=args[0], phone=args[1]))
-        elif kind == "calendar.created":
-            ids = [int(i) for i in args[3].split(",") if i]
-            turns.append(
-                call("calendar_create_event", title=args[0], date=args[1], time=args[2], attendees=ids)
-            )
-        elif kind == "calendar.deleted":
-            turns.append(call("calendar_delete_event", event_id=args[0]))
-        elif kind == "payments.sent":
-            turns.append(call("payments_send", contact_id=args[0], amount=float(args[1]), memo=args[2]))
-        elif kind == "messages.sent":
-            turns.append(call("messages_send", contact_id=args[0], text=args[1]))
-    return turns + [DONE]
+class _Oracle:
+    """Solves a generated task from its instruction text alone, looking up ids and amounts through the tools.
+
+    It never reads the task's hidden ``required`` effects, so an instruction that does not say what its effects
+    are (a wrong name, amount, memo or date) makes the verifier fail it. One regex per instruction template."""
+
+    Q = r"'([^']+)'"  # a quoted value
+    DATE, TIME = r"(\d{4}-\d{2}-\d{2})", r"(\d{2}:\d{2})"
+
+    def __init__(self, episode) -> None:
+        self.episode = episode
+
+    def ask(self, tool_name: str, **arguments):
+        result = self.episode.step(call(tool_name, **arguments))
+        assert not result.done, f"{tool_name} ended the episode"
+        body = json.loads(result.observation)
+        assert "error" not in body, body
+        return body["result"]
+
+    def contact_id(self, name: str) -> int:
+        (hit,) = [c for c in self.ask("contacts_search", query=name) if c["name"] == name]
+        return hit["id"]
+
+    def note_body(self, title: str) -> str:
+        (hit,) = [n for n in self.ask("notes_search", query=title) if n["title"] == title]
+        return hit["body"]
+
+    def event(self, title: str, date: str) -> dict:
+        (hit,) = [e for e in self.ask("calendar_list_events", date=date) if e["title"] == title]
+        return hit
+
+    def pay(self, owed_line: str, memo: str) -> int:
+        name, amount = re.fullmatch(r"(?:I owe )?(.+?):? \$([\d.]+)", owed_line.strip()).groups()
+        who = self.contact_id(name)
+        self.ask("payments_send", contact_id=who, amount=float(amount), memo=memo)
+        return who
+
+    def solve(self, instruction: str) -> None:
+        Q, DATE, TIME = self.Q, self.DATE, self.TIME
+
+        def match(pattern: str):
+            return re.fullmatch(pattern, instruction)
+
+        if m := match(rf"Create a note titled {Q} with the text {Q}\."):
+            self.ask("notes_create", title=m[1], body=m[2])
+        elif m := match(r"Add a new contact (.+) with phone number (555-\d+)\."):
+            self.ask("contacts_add", name=m[1], phone=m[2])
+        elif m := match(rf"Put {Q} on my calendar on {DATE} at {TIME}, with no attendees\."):
+            self.ask("calendar_create_event", title=m[1], date=m[2], time=m[3], attendees=[])
+        elif m := match(rf"Send (.+) a message saying {Q}\."):
+            self.ask("messages_send", contact_id=self.contact_id(m[1]), text=m[2])
+        elif m := match(rf"Send (.+ \$[\d.]+) with the memo {Q}\."):
+            self.pay(m[1], m[2])
+        elif m := match(r"(.+) has a new phone number, (555-\d+)\. Update their contact\."):
+            self.ask("contacts_update_phone", contact_id=self.contact_id(m[1]), phone=m[2])
+        elif m := match(rf"Schedule {Q} on {DATE} at {TIME} with (.+) and (.+)\."):
+            ids = [self.contact_id(m[4]), self.contact_id(m[5])]
+            self.ask("calendar_create_event", title=m[1], date=m[2], time=m[3], attendees=ids)
+        elif m := match(rf"Pay back what my note {Q} says I owe, with the memo {Q}\."):
+            self.pay(self.note_body(m[1]), m[2])
+        elif m := match(
+            rf"Pay back what my note {Q} says I owe with the memo {Q}, then message that person {Q}\."
+        ):
+            self.ask("messages_send", contact_id=self.pay(self.note_body(m[1]), m[2]), text=m[3])
+        elif m := match(rf"Cancel {Q} on {DATE} and send each attendee the message {Q}\."):
+            event = self.event(m[1], m[2])
+            self.ask("calendar_delete_event", event_id=event["id"])
+            for who in event["attendees"]:
+                self.ask("messages_send", contact_id=who, text=m[3])
+        elif m := match(
+            rf"Settle my note {Q}: pay each person listed their amount with the memo {Q}, and message each "
+            rf"of them {Q}\."
+        ):
+            for line in self.note_body(m[1]).splitlines():
+                self.ask("messages_send", contact_id=self.pay(line, m[2]), text=m[3])
+        elif m := match(
+            rf"Move {Q} from {DATE} to {DATE} at {TIME} with the same attendees, and message each attendee {Q}\."
+        ):
+            event = self.event(m[1], m[2])
+            self.ask("calendar_delete_event", event_id=event["id"])
+            self.ask("calendar_create_event", title=m[1], date=m[3], time=m[4], attendees=event["attendees"])
+            for who in event["attendees"]:
+                self.ask("messages_send", contact_id=who, text=m[5])
+        else:
+            raise AssertionError(f"the oracle knows no template for {instruction!r}")
+
+
+def test_oracle_fails_an_instruction_that_does_not_match_its_effects() -> None:
+    # the same task with the instruction naming one dollar more: the oracle follows the text, the verifier fails it
+    (ex,) = [
+        e for e in ToolWorld(difficulties=[2], num_train=12, num_val=0).examples("train") if "$" in e.prompt
+    ][:1]
+    wrong = re.sub(r"\$([\d.]+)", lambda m: f"${float(m[1]) + 1:.2f}", ex.prompt)
+    assert wrong != ex.prompt
+    for instruction, reward in ((ex.prompt, 1.0), (wrong, 0.0)):
+        episode = ToolWorld(num_train=1, num_val=0).spawn()
+        episode.reset(ex)
+        _Oracle(episode).solve(instruction)
+        assert episode.step(DONE).reward == reward, instruction
 
 
 def test_every_generated_task_is_solvable_and_graded() -> None:
@@ -313,8 +425,8 @@ def test_every_generated_task_is_solvable_and_graded() -> None:
     for ex in examples:
         episode = env.spawn()
         episode.reset(ex)
-        for turn in _oracle_turns(ex.meta["required"]):
-            result = episode.step(turn)
+        _Oracle(episode).solve(ex.prompt)  # from the instruction alone, never ex.meta["required"]
+        result = episode.step(DONE)
         assert result.done and result.reward == 1.0, (ex.prompt, ex.meta["required"])
         fresh = env.spawn()
         fresh.reset(ex)
