@@ -33,7 +33,7 @@ from epr_lightning.record import StepRecord, build_record
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.episodes import any_rank_active_fn
 from epr_lightning.rollout.hf import HFEngine
-from epr_lightning.rollout.kinds import Completions, rollout_kind
+from epr_lightning.rollout.kinds import SampleKind, rollout_kind
 from epr_lightning.tasks.base import Example
 from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings, UpdateStats
 from epr_lightning.validation import run_validation_now, validation_metrics
@@ -159,6 +159,7 @@ class RLModule(pl.LightningModule):
         self.policy: torch.nn.Module | None = None
         self._reference: list[torch.nn.Module] = []  # a list hides it from state_dict/checkpoints
         self.tokenizer: Any = None
+        self._samples: SampleKind | None = None  # built in setup, once per run (not checkpointed)
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -198,6 +199,13 @@ class RLModule(pl.LightningModule):
         self.engine.setup(
             self.built_policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size
         )
+        if self.task is not None:  # how this run's samples come about (``self.device`` is the run's here)
+            multi_rank = self.trainer.world_size > 1
+            self._samples = rollout_kind(
+                self.task, self.engine, reward_timeout_s=self.reward_timeout_s, tokenizer=self.tokenizer,
+                template_kwargs=getattr(self, "chat_template_kwargs", None),
+                any_rank_active=any_rank_active_fn(self.device) if multi_rank else None,
+            )  # fmt: skip
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The objective's controllers (merged into the trainer's callbacks by Lightning)."""
@@ -279,18 +287,13 @@ class RLModule(pl.LightningModule):
         return getattr(dm, "task", None)
 
     @property
-    def samples(self) -> Completions:
-        """How this task's samples are generated, scored and logged (``rollout/kinds.py``)."""
-        if self.task is None:
+    def samples(self) -> SampleKind:
+        """How this task's samples are generated, scored and logged (``rollout/kinds.py``; built in ``setup``)."""
+        if self._samples is None:
             raise RuntimeError(
                 "RLModule needs a datamodule with a `task` (epr_lightning.data.PromptDataModule)"
             )
-        multi_rank = self._trainer is not None and self.trainer.world_size > 1
-        return rollout_kind(
-            self.task, self.engine, reward_timeout_s=self.reward_timeout_s, tokenizer=self.tokenizer,
-            template_kwargs=getattr(self, "chat_template_kwargs", None),
-            any_rank_active=any_rank_active_fn(self.device) if multi_rank else None,
-        )  # fmt: skip
+        return self._samples
 
     @torch.no_grad()
     def rollout(self, prompts: AdmittedPrompts, num_samples: int) -> Rollout:

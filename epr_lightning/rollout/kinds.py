@@ -1,11 +1,12 @@
 """How a task's samples come about, by kind of task: one completion per prompt (``Completions``) or one
-multi-turn episode per sample (``Episodes``, for an ``EnvironmentTask``). ``RLModule`` generates, scores and
-logs through the object ``rollout_kind`` picks, so no stage of the iteration branches on the task's type."""
+multi-turn episode per sample (``Episodes``, for an ``EnvironmentTask``). Both are a ``SampleKind``;
+``RLModule`` builds the one ``rollout_kind`` picks once per run (in ``setup``) and generates, scores and logs
+through it, so no stage of the iteration branches on the task's type."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,6 +17,32 @@ from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams
 from epr_lightning.rollout.episodes import EpisodeRollout, run_episodes
 from epr_lightning.tasks.base import Example
 from epr_lightning.tasks.scoring import RolloutScores, score_rollout
+
+
+class SampleKind(Protocol):
+    """What the iteration needs of a kind of sample: generate, score, and its own metrics and logging."""
+
+    def generate(
+        self, prompts: AdmittedPrompts, params: SamplingParams, n: int, model: torch.nn.Module | None
+    ) -> Rollout:
+        """``n`` samples per admitted prompt."""
+        ...
+
+    def score(self, examples: list[Example], rollout: Rollout) -> RolloutScores:
+        """Rewards (and correctness, errors) of the rollout's samples."""
+        ...
+
+    def iteration_metrics(self, rollout: Rollout) -> dict[str, float]:
+        """Metrics of this kind of rollout beyond the common ``rollout/`` ones."""
+        ...
+
+    def log_sample(self, logger: Any, rollout: Rollout, step: int) -> None:
+        """Write a sample of the rollout to the logger."""
+        ...
+
+    def validation_metrics(self, rollout: Rollout) -> list[tuple[str, float, int]]:
+        """Extra ``val/`` metrics as (name, value, weight), averaged over the epoch by weight."""
+        ...
 
 
 class Completions:
@@ -52,7 +79,7 @@ class Completions:
         return []
 
 
-class Episodes(Completions):
+class Episodes:
     """One multi-turn episode per sample (``rollout/episodes.py``): the environment scores each episode at its
     end; ``episode/`` metrics, a sample episode as TensorBoard text, and success per difficulty in validation.
 
@@ -64,8 +91,6 @@ class Episodes(Completions):
         any_rank_active: in multi-process runs, whether any rank still has an active episode.
     """
 
-    task: EnvironmentTask
-
     def __init__(
         self,
         task: EnvironmentTask,
@@ -74,7 +99,8 @@ class Episodes(Completions):
         template_kwargs: dict[str, Any] | None = None,
         any_rank_active: Callable[[bool], bool] | None = None,
     ) -> None:
-        super().__init__(task, engine)
+        self.task = task
+        self.engine = engine
         self.tokenizer = tokenizer
         self.template_kwargs = template_kwargs
         self.any_rank_active = any_rank_active
@@ -126,7 +152,7 @@ def rollout_kind(
     tokenizer: Any,
     template_kwargs: dict[str, Any] | None = None,
     any_rank_active: Callable[[bool], bool] | None = None,
-) -> Completions:
+) -> SampleKind:
     """``Episodes`` for an ``EnvironmentTask``, else ``Completions``."""
     if isinstance(task, EnvironmentTask):
         return Episodes(task, engine, tokenizer, template_kwargs, any_rank_active)
