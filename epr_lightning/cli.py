@@ -2,7 +2,8 @@
 
 Model (``RLModule``), data (``PromptDataModule``), the policy source, rollout engine, task/reward, objective
 pieces and callbacks are all chosen by ``class_path`` in YAML; later ``--config`` files override earlier ones.
-``epr-lightning export CKPT OUT_DIR`` writes a checkpoint as a Hugging Face folder (``export_cli.py``).
+``epr-lightning export CKPT OUT_DIR`` writes a checkpoint as a Hugging Face folder (``export_cli.py``);
+``epr-lightning configs`` lists the shipped configs, which ``--config`` takes by short name (``config_hub.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from epr_lightning.checkpointing import RolloutCheckpoint, install_atomic_checkpoint_io
 from epr_lightning.cli_errors import summarize_parse_error
+from epr_lightning.config_hub import configs_main, resolve_config_args
 from epr_lightning.data import PromptDataModule
 from epr_lightning.module import RLModule
 
@@ -137,8 +139,9 @@ def build_cli(args: ArgsType = None, run: bool = True, exit_on_error: bool = Tru
         save_config_kwargs={"overwrite": True},
         parser_kwargs={  # subcommand parsers inherit exit_on_error at parse time
             "exit_on_error": exit_on_error,
-            "epilog": "epr-lightning export CKPT OUT_DIR writes a checkpoint as a Hugging Face folder "
-            "(epr-lightning export --help).",
+            "epilog": "--config takes a file or a shipped config's short name (`epr-lightning configs` lists "
+            "them: demo, method/repo_r, ...). epr-lightning export CKPT OUT_DIR writes a checkpoint as a "
+            "Hugging Face folder (epr-lightning export --help).",
         },
         args=args,
         run=run,
@@ -156,11 +159,15 @@ def main(args: ArgsType = None) -> None:
         from epr_lightning.export_cli import main as export_main
 
         raise SystemExit(export_main([str(a) for a in argv[1:]]))
+    if isinstance(argv, list) and argv[:1] == ["configs"]:
+        raise SystemExit(configs_main([str(a) for a in argv[1:]]))
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
     _quiet_libraries()
     debug = bool(os.environ.get("EPR_DEBUG"))
     try:
+        if isinstance(argv, list):  # --config demo / method/repo_r: the shipped configs by short name
+            args = resolve_config_args([str(a) for a in argv])
         build_cli(args, exit_on_error=debug)  # with EPR_DEBUG, jsonargparse prints usage + report, exits 2
     except ArgumentError as err:  # a bad config file, key, type or class_path: caught while parsing
         print(f"epr-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)
