@@ -134,7 +134,6 @@ def cli_args(tmp_path: Path, *extra: str, subcommand: bool = True) -> list[str]:
 
 def test_cli_installs_reliability_defaults_and_they_can_be_disabled(tmp_path: Path) -> None:
     from epr_lightning.callbacks import GracefulStop
-
     from epr_lightning.cli import build_cli
 
     no_ckpt_cb = ["--trainer.callbacks", "[]"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from epr_lightning.callbacks import (
     DiversityMonitor,
     EntropyDynamics,
@@ -15,8 +17,6 @@ from epr_lightning.callbacks import (
     PrecisionAudit,
     SampleLogger,
 )
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from epr_lightning.checkpointing import RolloutCheckpoint
 from epr_lightning.cli import build_cli, main
 

@@ -5,6 +5,7 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
+
 from epr_lightning.callbacks import (
     AdaptiveEntropyBonus,
     ClipHigherController,
@@ -16,7 +17,6 @@ from epr_lightning.callbacks import (
     zeta_step,
 )
 from epr_lightning.callbacks.control_rules import iteration_entropy
-
 from epr_lightning.objectives import REPO, REPOD, REPOR, EntropyBonus, Objective, PPOClipLoss
 from epr_lightning.record import StepRecord
 

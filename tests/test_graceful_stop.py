@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from epr_lightning.callbacks import GracefulStop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ never replace the base config's checkpoint callback (controllers come from ``RLM
 from pathlib import Path
 
 import pytest
-from epr_lightning.callbacks import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from epr_lightning.callbacks import AdaptiveEntropyBonus, ClipHigherController, REPOZetaController
 from epr_lightning.cli import build_cli
 from epr_lightning.objectives import (
     REPO,

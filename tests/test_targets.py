@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from epr_lightning.callbacks import FixedEntropy, InitialEntropy, ScheduledEntropy
 from epr_lightning.callbacks.targets import schedule_value
 

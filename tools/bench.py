@@ -79,8 +79,8 @@ def bench_step(
     model: str, iterations: int, prompts: int, generations: int, new_tokens: int
 ) -> dict[str, float]:
     import lightning.pytorch as pl
-    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
 
+    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
     from epr_lightning.data import PromptDataModule
     from epr_lightning.module import RLModule
     from epr_lightning.rollout.base import SamplingParams
