@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine (each sets up the virtualenv idempotently first):
 #   make demo   — RL on the packaged SmolLM2-135M-Instruct, CPU, a few minutes; TensorBoard logs in runs/demo
-#   make test   — the test suite; make lint / make typecheck — ruff and mypy (make check: all three, what CI runs)
+#   make test   — the test suite; make lint / make typecheck — ruff and mypy; make wheel-check — the installed wheel
+#   (make check: all four, what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-all lint typecheck check bench plots tensorboard clean gpu-check
+.PHONY: setup demo test test-all lint typecheck check wheel-check bench plots tensorboard clean gpu-check
 
 setup: $(STAMP)
 
@@ -37,8 +38,13 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
+# the wheel a user installs: built from a clean copy, installed into a fresh virtualenv outside the
+# repository, then used from an empty directory (tools/check_wheel.py)
+wheel-check: setup
+	$(PY) tools/check_wheel.py
+
 # what CI runs
-check: lint typecheck test
+check: lint typecheck wheel-check test
 
 test-all: setup
 	$(PY) -m pytest -q
