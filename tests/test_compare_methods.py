@@ -1,5 +1,5 @@
 """tools/compare_methods.py on the tiny model: 2 methods × 2 seeds × 2 iterations (CSV, table, cache), and the
-lab arithmetic of epr_lightning.lab on hand-made series."""
+lab arithmetic of tools/lab.py on hand-made series."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import torch
 from conftest import load_tool
 
-from epr_lightning import lab
-
 ROOT = load_tool("compare_methods").ROOT
+lab = load_tool("lab")
 
 
 def test_summarize_run_hand_values():

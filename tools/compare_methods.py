@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
-from epr_lightning import lab  # noqa: E402
+import lab  # noqa: E402  (tools/lab.py: the lab's arithmetic)
 
 # The configs a run uses are hashed by content (lab configs, method YAML, overrides), so the code version only
 # covers the code: a new method YAML does not invalidate the other methods' cached runs.
@@ -72,7 +72,6 @@ def config_hash(configs: list[Path], sets: list[str]) -> str:
 
 def load_series(log_dir: Path) -> dict[str, list[float]]:
     """tag → values in step order, from the run's TensorBoard event files."""
-    sys.path.insert(0, str(ROOT / "tools"))
     from plot_runs import load_scalars
 
     return {tag: values for tag, (_, values) in load_scalars(log_dir).items()}
@@ -279,7 +278,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, version: str) -> None:
-    sys.path.insert(0, str(ROOT / "tools"))
     from lab_plots import plot_lab
 
     write_csv(out / "runs.csv", rows)

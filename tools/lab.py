@@ -1,7 +1,7 @@
 """The method lab's arithmetic: one run's per-iteration series → its summary row, rows → mean ± std per method.
 
-Pure functions over plain lists and dicts (no torch, no files), used by ``tools/compare_methods.py`` and tested
-on hand-made series. Conventions, stated once:
+Pure functions over plain lists and dicts (no torch, no files), used by ``tools/compare_methods.py`` and
+``tools/lab_plots.py`` (the package does not import it) and tested on hand-made series. Conventions, stated once:
 
 - ``entropy_change_pct`` compares the token entropy of the validation after the last update with the one before
   the first, on the same held-out prompts (more samples than a rollout, and no prompt-to-prompt noise: one

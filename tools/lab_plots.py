@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 
-from epr_lightning import lab
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lab  # tools/lab.py: the lab's arithmetic
 
 
 def _plt():
