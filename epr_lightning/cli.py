@@ -27,9 +27,11 @@ from epr_lightning.cli_errors import summarize_parse_error
 from epr_lightning.config_hub import configs_main, resolve_config_args
 from epr_lightning.data import PromptDataModule
 from epr_lightning.module import RLModule
+from epr_lightning.reward_failures import RewardFailureError
 
-# Errors that come from user input (config values, files, missing packages): one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError)
+# Errors that come from user input (config values, files, missing packages, a reward that always fails): one
+# line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, RewardFailureError)
 
 #: the monitoring callbacks every run gets (``monitors:``; ``--monitors '[]'`` turns them off).
 DEFAULT_MONITORS = [

@@ -30,6 +30,7 @@ from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.prompts import AdmittedPrompts, admit, check_prompt_settings, prompt_token_limit
 from epr_lightning.record import StepRecord, build_record
+from epr_lightning.reward_failures import RewardFailureStop
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.episodes import any_rank_active_fn
 from epr_lightning.rollout.hf import HFEngine
@@ -70,6 +71,8 @@ class RLModule(pl.LightningModule):
         max_prompt_tokens: prompts longer than this are skipped or rejected (see ``long_prompts``).
         long_prompts: "skip" (count and drop) or "error".
         reward_timeout_s: per-completion reward timeout; raising/timing-out/NaN rewards count as 0.
+        max_failed_reward_iterations: stop once every reward (or episode: ``env_error``) failed in this many
+            iterations in a row (None or 0: never); each kind of failure is shown once (``reward_failures.py``).
         max_nonfinite_updates: consecutive non-finite losses/gradients tolerated before aborting.
         val_num_generations: samples per validation prompt (None = ``num_generations``).
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
@@ -106,6 +109,7 @@ class RLModule(pl.LightningModule):
         max_prompt_tokens: int | None = None,
         long_prompts: Literal["skip", "error"] = "skip",
         reward_timeout_s: float = 5.0,
+        max_failed_reward_iterations: int | None = 3,
         max_nonfinite_updates: int = 3,
         val_num_generations: int | None = None,
         gradient_checkpointing: bool = False,
@@ -143,6 +147,7 @@ class RLModule(pl.LightningModule):
         self.max_prompt_tokens = max_prompt_tokens
         self.long_prompts = long_prompts
         self.reward_timeout_s = reward_timeout_s
+        self.reward_failures = RewardFailureStop(max_failed_reward_iterations)
         self.val_num_generations = val_num_generations or num_generations
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
@@ -226,6 +231,7 @@ class RLModule(pl.LightningModule):
         prompts = self.admit_prompts(batch)
         rollout = self.rollout(prompts, self.num_generations)
         scores = self.samples.score(prompts.examples, rollout)
+        self.reward_failures.check(scores, self.iteration, self.device)  # warns once per kind; stops at N
         tokens = rollout.to_batch(self.pad_id, self.device)
         seq_adv = self.objective.sequence_advantages(scores.rewards.to(self.device), tokens.group_index)
         stats = self.policy_update(
@@ -367,6 +373,7 @@ class RLModule(pl.LightningModule):
             "engine": self.engine.state_dict(),
             "nonfinite_total": self.nonfinite_total,
             "skipped_prompts": self.skipped_prompts,
+            "reward_failures": self.reward_failures.state_dict(),
             "rng": capture_rng_state(),
         }
 
@@ -387,6 +394,7 @@ class RLModule(pl.LightningModule):
             self.engine.load_state_dict(state["engine"])
         self.policy_update.guard.total = int(state.get("nonfinite_total", 0))
         self.skipped_prompts = int(state.get("skipped_prompts", 0))
+        self.reward_failures.load_state_dict(state.get("reward_failures", {}))
         if "rng" in state:
             restore_rng_state(state["rng"])
 

@@ -11,6 +11,10 @@ An episode ends by one of:
     ``turn_limit``    ``max_turns`` model turns without that (reward: ``final_reward()``),
     ``token_budget``  the next model turn or observation would pass ``max_episode_tokens`` (likewise),
     ``env_error``     ``step``/``final_reward`` raised, timed out or returned a bad value (reward 0).
+
+An ``env_error`` episode keeps what went wrong as a ``Failure`` (kind ``env_error:<Exception>``,
+``env_timeout`` or ``env_bad_value``; the message; the file:line in the environment's code), which
+``reward_failures.RewardFailureStop`` shows once per kind and per run.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 
 from epr_lightning.envs.base import Environment, EnvironmentTask, StepResult
+from epr_lightning.reward_failures import Failure, code_location, exception_failure, first_of_each_kind
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.turn_tokens import TurnTokens
 from epr_lightning.tasks.base import Example
@@ -34,7 +39,14 @@ END_CAUSES = ("final_answer", "turn_limit", "token_budget", "env_error")
 
 
 class EnvironmentFailure(Exception):
-    """An environment call raised, hung past its timeout or answered something that is not a StepResult."""
+    """An environment call raised, hung past its timeout or answered something that is not a StepResult.
+
+    ``failure`` says what went wrong and where (None: a bad value, located by the caller).
+    """
+
+    def __init__(self, message: str, failure: Failure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 def call_with_timeout(fn: Any, timeout_s: float, *args: Any) -> Any:
@@ -53,11 +65,14 @@ def call_with_timeout(fn: Any, timeout_s: float, *args: Any) -> Any:
     thread = threading.Thread(target=target, daemon=True, name="epr-env-call")
     thread.start()
     thread.join(timeout_s)
+    name = getattr(fn, "__qualname__", fn)
     if thread.is_alive():
-        raise EnvironmentFailure(f"{getattr(fn, '__qualname__', fn)} timed out after {timeout_s}s")
+        message = f"{name} timed out after {timeout_s}s"
+        raise EnvironmentFailure(message, Failure("env_timeout", message, code_location(fn)))
     if "error" in box:
         err = box["error"]
-        raise EnvironmentFailure(f"{getattr(fn, '__qualname__', fn)} raised {type(err).__name__}: {err}")
+        failure = exception_failure(err, code_location(fn), prefix="env_")
+        raise EnvironmentFailure(f"{name} raised {type(err).__name__}: {err}", failure)
     return box["value"]
 
 
@@ -94,6 +109,7 @@ class Episode:
     ended_by: str | None = None
     counters: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    failure: Failure | None = None  # what ended it with env_error, and where
     spans: list[tuple[str, int, int]] = field(default_factory=list)  # (role, start, end) in completion_ids
 
     def add(self, ids: list[int], logprobs: list[float] | None) -> None:
@@ -132,8 +148,17 @@ class EpisodeRollout(Rollout):
     def scores(self, success_threshold: float) -> RolloutScores:
         """Rewards [N], correctness [N], answers (none) and the number of failed episodes, like ``score_rollout``."""
         rewards = torch.tensor([ep.reward for ep in self.episodes], dtype=torch.float32)
-        failures = sum(ep.ended_by == "env_error" for ep in self.episodes)
-        return RolloutScores(rewards, rewards >= success_threshold, [None] * len(self.episodes), failures)
+        failed = [ep for ep in self.episodes if ep.ended_by == "env_error"]
+        first = first_of_each_kind([ep.failure for ep in failed])
+        return RolloutScores(
+            rewards, rewards >= success_threshold, [None] * len(self.episodes), len(failed), first
+        )
+
+
+def _fail(ep: Episode, err: EnvironmentFailure, fn: Any) -> None:
+    """End ``ep`` with ``env_error`` and reward 0 (a bad value is located at ``fn``'s definition)."""
+    failure = err.failure or Failure("env_bad_value", str(err), code_location(fn))
+    ep.reward, ep.ended_by, ep.error, ep.failure = 0.0, "env_error", str(err), failure
 
 
 def _end(ep: Episode, cause: str, timeout_s: float) -> None:
@@ -141,7 +166,7 @@ def _end(ep: Episode, cause: str, timeout_s: float) -> None:
     try:
         ep.reward = checked_reward(call_with_timeout(ep.env.final_reward, timeout_s))
     except EnvironmentFailure as err:
-        ep.reward, ep.ended_by, ep.error = 0.0, "env_error", str(err)
+        _fail(ep, err, ep.env.final_reward)
 
 
 def _take_step(ep: Episode, text: str, timeout_s: float) -> StepResult | None:
@@ -154,7 +179,7 @@ def _take_step(ep: Episode, text: str, timeout_s: float) -> StepResult | None:
             ep.reward, ep.ended_by = checked_reward(result.reward), "final_answer"
         return result
     except EnvironmentFailure as err:
-        ep.reward, ep.ended_by, ep.error = 0.0, "env_error", str(err)
+        _fail(ep, err, ep.env.step)
         return None
 
 

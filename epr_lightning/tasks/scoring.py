@@ -7,6 +7,9 @@ ignored, and a replacement worker takes over the remaining work. Because the wor
 cannot keep the process alive. A CPU-bound pure-Python reward holds the GIL in slices, so it slows the other
 threads but cannot block the timeout check. Reward functions that can hang should be made interruptible
 (e.g. bounded input sizes, as the built-in ones are) — abandoned threads still use CPU.
+
+Each result keeps the first failure of each kind with its message and the file:line in the reward's code
+(``first_failures``), which ``reward_failures.RewardFailureStop`` shows once per run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from epr_lightning.reward_failures import Failure, code_location, exception_failure, first_of_each_kind
 from epr_lightning.tasks.base import Example, RewardFunction
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ class ScoreResult:
         timeouts: calls abandoned after ``timeout_s``.
         nonfinite: calls that returned NaN or ±inf.
         error_kinds: per sample ``None`` or ``"error:<ExceptionName>"`` / ``"timeout"`` / ``"nonfinite"``.
+        first_failures: the first failure of each kind (message and file:line), by kind.
     """
 
     rewards: list[float]
@@ -47,6 +52,7 @@ class ScoreResult:
     timeouts: int = 0
     nonfinite: int = 0
     error_kinds: list[str | None] = field(default_factory=list)
+    first_failures: dict[str, Failure] = field(default_factory=dict)
 
     @property
     def failures(self) -> int:
@@ -54,14 +60,23 @@ class ScoreResult:
         return self.errors + self.timeouts + self.nonfinite
 
 
-def _score_one(reward_fn: RewardFunction, example: Example, completion: str) -> tuple[float, str | None]:
+Outcome = tuple[float, Failure | None]
+
+
+def _score_one(reward_fn: RewardFunction, example: Example, completion: str) -> Outcome:
     try:
         value = float(reward_fn(example, completion))
     except Exception as err:
-        return 0.0, f"error:{type(err).__name__}"
+        return 0.0, exception_failure(err, code_location(reward_fn))
     if not math.isfinite(value):
-        return 0.0, NONFINITE
+        return 0.0, Failure(NONFINITE, f"returned {value}", code_location(reward_fn))
     return value, None
+
+
+def _timeout(reward_fn: Any, limit_s: float) -> Failure:
+    return Failure(
+        TIMEOUT, f"no result within {limit_s:g}s (set by model.reward_timeout_s)", code_location(reward_fn)
+    )
 
 
 class _Batch:
@@ -72,7 +87,7 @@ class _Batch:
         self.next_index = 0
         self.n = n
         self.started: dict[int, float] = {}  # index → monotonic start time, while running
-        self.results: list[tuple[float, str | None] | None] = [None] * n
+        self.results: list[Outcome | None] = [None] * n
 
     def worker(
         self, reward_fn: RewardFunction, examples: Sequence[Example], completions: Sequence[str]
@@ -136,7 +151,7 @@ def score_completions(
             for i, start in list(batch.started.items()):
                 if now - start >= timeout_s:
                     del batch.started[i]  # abandon the call; its thread exits when (if) it returns
-                    batch.results[i] = (0.0, TIMEOUT)
+                    batch.results[i] = (0.0, _timeout(reward_fn, timeout_s))
                     spawn()
             if batch.started:
                 wait = min(start + timeout_s for start in batch.started.values()) - now
@@ -146,14 +161,16 @@ def score_completions(
     return _collect(batch.results)  # type: ignore[arg-type]
 
 
-def _collect(outcomes: list[tuple[float, str | None]]) -> ScoreResult:
-    kinds = [kind for _, kind in outcomes]
+def _collect(outcomes: list[Outcome]) -> ScoreResult:
+    failures = [failure for _, failure in outcomes]
+    kinds = [None if f is None else f.kind for f in failures]
     return ScoreResult(
         rewards=[value for value, _ in outcomes],
         errors=sum(1 for k in kinds if k is not None and k.startswith("error:")),
         timeouts=kinds.count(TIMEOUT),
         nonfinite=kinds.count(NONFINITE),
         error_kinds=kinds,
+        first_failures=first_of_each_kind(failures),
     )
 
 
@@ -175,35 +192,41 @@ def score_batched(
         except Exception as err:
             box["error"] = err
 
-    if timeout_s is None:
+    limit = None if timeout_s is None else timeout_s * max(1, math.ceil(n / max_workers))
+    if limit is None:
         run()
     else:
         worker = threading.Thread(target=run, daemon=True, name="reward-batch")
         worker.start()
-        worker.join(timeout_s * max(1, math.ceil(n / max_workers)))
+        worker.join(limit)
     if "values" not in box and "error" not in box:
-        kinds: list[str | None] = [TIMEOUT] * n
-        return ScoreResult(rewards=[0.0] * n, timeouts=n, error_kinds=kinds)
+        assert limit is not None
+        first = {TIMEOUT: _timeout(reward_fn, limit)}
+        return ScoreResult(rewards=[0.0] * n, timeouts=n, error_kinds=[TIMEOUT] * n, first_failures=first)
     if "error" in box:
-        kind = f"error:{type(box['error']).__name__}"
-        return ScoreResult(rewards=[0.0] * n, errors=n, error_kinds=[kind] * n)
-    rewards, kinds = [], []
+        failure = exception_failure(box["error"], code_location(reward_fn))
+        first = {failure.kind: failure}
+        return ScoreResult([0.0] * n, errors=n, error_kinds=[failure.kind] * n, first_failures=first)
+    outcomes: list[Outcome] = []
     for value in box["values"]:
-        finite = isinstance(value, (int, float)) and math.isfinite(value)
-        rewards.append(float(value) if finite else 0.0)
-        kinds.append(None if finite else NONFINITE)
-    return ScoreResult(rewards=rewards, nonfinite=sum(k == NONFINITE for k in kinds), error_kinds=kinds)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            outcomes.append((float(value), None))
+        else:
+            outcomes.append((0.0, Failure(NONFINITE, f"returned {value!r}", code_location(reward_fn))))
+    return _collect(outcomes)
 
 
 @dataclass
 class RolloutScores:
     """The scored rollout: rewards [N], correctness [N] (reward ≥ the task's success threshold), the extracted
-    answers (None where none was found) and how many reward calls failed (raised, timed out, non-finite)."""
+    answers (None where none was found), how many reward calls failed (raised, timed out, non-finite) and the
+    first failure of each kind."""
 
     rewards: Tensor
     correct: Tensor
     answers: list[str | None]
     failures: int
+    first_failures: dict[str, Failure] = field(default_factory=dict)
 
 
 def score_rollout(
@@ -219,4 +242,5 @@ def score_rollout(
             answers.append(reward.extract_answer(text))
         except Exception:  # an extractor bug must not stop training; the answer just counts as missing
             answers.append(None)
-    return RolloutScores(rewards, rewards >= reward.success_threshold, answers, result.failures)
+    threshold = reward.success_threshold
+    return RolloutScores(rewards, rewards >= threshold, answers, result.failures, result.first_failures)

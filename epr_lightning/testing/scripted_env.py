@@ -66,12 +66,14 @@ class ScriptedEnvironment(Environment):
 
 
 class BadEnvironment(ScriptedEnvironment):
-    """Like ``ScriptedEnvironment(finish_after=[2])``, but every other example misbehaves on its first step.
+    """Like ``ScriptedEnvironment(finish_after=[2])``, but every ``every``-th example (by default every other
+    one; 1 = all) misbehaves on its first step.
 
     Args:
         mode: "raise", "hang" (sleeps ``hang_s``), "non_string" (an int observation), "bad_reward" (NaN reward
             at the end) or "not_a_result" (returns a plain string).
         hang_s: how long a hanging step sleeps.
+        every: which examples misbehave: those whose index i has i % every == every - 1.
     """
 
     def __init__(
@@ -79,12 +81,13 @@ class BadEnvironment(ScriptedEnvironment):
         mode: Literal["raise", "hang", "non_string", "bad_reward", "not_a_result"] = "raise",
         hang_s: float = 30.0,
         num_examples: int = 8,
+        every: int = 2,
     ) -> None:
         super().__init__([2], [8], num_examples)
-        self.mode, self.hang_s = mode, hang_s
+        self.mode, self.hang_s, self.every = mode, hang_s, every
 
     def step(self, action: str) -> Any:
-        bad = int(self.example.id.split("/")[1]) % 2 == 1
+        bad = int(self.example.id.split("/")[1]) % self.every == self.every - 1
         if not bad:
             return super().step(action)
         if self.mode == "raise":
