@@ -4,7 +4,13 @@ lab arithmetic of tools/lab.py on hand-made series."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
+import os
+import re
+import subprocess
+import types
 
 import pytest
 import torch
@@ -68,8 +74,11 @@ def test_table_claim_and_sequential_hand_values():
     assert math.isnan(lab.sequential_summary([0.1, 0.2], threshold=0.5)["iters_to_threshold"])
 
 
-def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
+def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys, monkeypatch):
     tool = load_tool("compare_methods")
+    monkeypatch.setattr(
+        tool, "code_version", lambda: "c0de"
+    )  # not the working tree's, which may change meanwhile
     argv = [
         "--config", str(ROOT / "configs" / "tiny_cpu.yaml"),
         "--methods", "grpo", "repo_r", "--seeds", "0", "1",
@@ -105,20 +114,143 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys):
     assert partial["rows"] == first["rows"]
 
 
-def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path):
+def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path, monkeypatch):
     # the lab validates every 2 iterations; task B runs 1 iteration, so its validation interval must follow
     tool = load_tool("compare_methods")
+    monkeypatch.setattr(
+        tool, "code_version", lambda: "c0de"
+    )  # not the working tree's, which may change meanwhile
     tiny = str(ROOT / "configs" / "tiny_cpu.yaml")
-    result = tool.main([
+    argv = [
         "--config", tiny, "--methods", "grpo", "--seeds", "0",
         "--set", "data.init_args.batches_per_epoch=2", "--set", "trainer.val_check_interval=2",
-        "--then", tiny, "--then-iterations", "1", "--threshold", "0.0",
+        "--then", tiny, "--then-iterations", "1", "--threshold", "0.5",
         "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    result = tool.main(argv)
     seq = result["sequential"]
     assert [(r["method"], r["seed"]) for r in seq] == [("grpo", 0), ("grpo_from_base", 0)]
-    assert all(r["iters_to_threshold"] == 0.0 and r["reached"] == 1.0 for r in seq)
+    # the tiny random model answers no sum right: reward 0 on B's one iteration, so 0.5 is never reached
+    assert all(r["reward_first"] == 0.0 and r["reached"] == 0.0 for r in seq)
+    assert all(math.isnan(r["iters_to_threshold"]) for r in seq)
     assert "Sequential learning" in (tmp_path / "out" / "table.md").read_text()
+    # --threshold is read against each B run's own reward series: hand-made series in the cache (the key does
+    # not hold the threshold, so the rerun trains nothing) give hand-computed iteration counts
+    b_series = {"then/grpo_s0": [0.1, 0.3, 0.6, 0.8], "then/grpo_from_base_s0": [0.2, 0.25, 0.3, 0.45]}
+    for cached in (tmp_path / "runs" / "cache").glob("*.json"):
+        res = json.loads(cached.read_text())
+        if res["label"] in b_series:
+            res["series"][lab.REWARD] = b_series[res["label"]]
+            res["series"][lab.ENTROPY] = [1.0] * 4
+            cached.write_text(json.dumps(res))
+    seq = tool.main([*argv[: argv.index("0.5")], "0.3", *argv[argv.index("0.5") + 1 :]])["sequential"]
+    # first reward >= 0.3: iteration 2 (0.6) after the lab run, iteration 2 (0.3) from the untrained model
+    assert [(r["iters_to_threshold"], r["reached"]) for r in seq] == [(2.0, 1.0), (2.0, 1.0)]
+    assert [r["reward_auc"] for r in seq] == [
+        pytest.approx(0.45),
+        pytest.approx(0.3),
+    ]  # (0.1+.3+.6+.8)/4, 1.2/4
+    seq = tool.main([*argv[: argv.index("0.5")], "0.22", *argv[argv.index("0.5") + 1 :]])["sequential"]
+    assert [r["iters_to_threshold"] for r in seq] == [1.0, 1.0]  # 0.3 >= 0.22 ; 0.25 >= 0.22 (0.2 is not)
+    seq = tool.main([*argv[: argv.index("0.5")], "0.7", *argv[argv.index("0.5") + 1 :]])["sequential"]
+    assert seq[0]["iters_to_threshold"] == 3.0 and math.isnan(seq[1]["iters_to_threshold"])
+
+
+def _cached_labels(out: str) -> dict[str, str]:
+    """label → "cached" | "left out" from --cached-only progress lines."""
+    found = {}
+    for line in out.splitlines():
+        if m := re.match(r"\[\d+/\d+\] (\S+): (cached|not finished yet, left out)", line):
+            found[m[1]] = m[2].split(",")[0].replace("not finished yet", "left out")
+    return found
+
+
+def test_lab_resumes_a_killed_run_accumulates_its_wall_time_and_keys_the_cache(tmp_path, monkeypatch, capsys):
+    tool = load_tool("compare_methods")
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs" / "tiny_cpu.yaml").read_text())
+    argv = ["--config", str(config), "--methods", "grpo", "--seeds", "0",
+            "--set", "data.init_args.batches_per_epoch=2",
+            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--keep-checkpoints"]  # fmt: skip
+    # a clock of our own: attempt 1 starts at 1000 and is killed at 1100, its last.ckpt written at 1060; attempt 2
+    # runs from 2000 to 2030. The run's wall time is 60 (to the checkpoint) + 30 = 90 s, not the last attempt's 30.
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(
+        tool, "code_version", lambda: "c0de"
+    )  # not the working tree's, which may change meanwhile
+    monkeypatch.setattr(tool, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+    real_run, commands = subprocess.run, []
+
+    def killed_after_one_iteration(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "epr_lightning"]:  # git
+            return real_run(cmd, **kwargs)
+        commands.append(cmd)
+        if len(commands) == 1:  # stops after iteration 1 of 2 (1 optimizer step each) and reports a kill
+            real_run([*cmd, "--trainer.max_steps=1"], **kwargs)
+            last = next((tmp_path / "runs").rglob("last.ckpt"))
+            os.utime(last, (1060.0, 1060.0))
+            clock["now"] = 1100.0
+            return subprocess.CompletedProcess(cmd, -9)
+        proc = real_run(cmd, **kwargs)
+        clock["now"] = 2030.0
+        return proc
+
+    monkeypatch.setattr(tool.subprocess, "run", killed_after_one_iteration)
+    with pytest.raises(SystemExit, match="failed"):
+        tool.main(argv)
+    assert "--ckpt_path" not in commands[0]
+    clock["now"] = 2000.0
+    rows = tool.main(argv)["rows"]
+    out = capsys.readouterr().out
+    assert "grpo_s0: training (resuming)" in out
+    last = next((tmp_path / "runs").rglob("last.ckpt"))
+    assert commands[1][-2:] == ["--ckpt_path", str(last)]  # from where it was killed, not from scratch
+    assert rows[0]["iterations"] == 2.0 and rows[0]["wall_min"] == pytest.approx(90.0 / 60.0)
+    monkeypatch.setattr(tool.subprocess, "run", real_run)
+
+    # the cache: the same command is cached; another --set, a changed config file or other code are not
+    def cached_only(*extra: str, **kwargs) -> dict[str, str]:
+        tool.main([*argv, "--cached-only", *extra])
+        return _cached_labels(capsys.readouterr().out)
+
+    assert cached_only() == {"grpo_s0": "cached"}
+    assert cached_only("--set", "model.init_args.sampling.temperature=0.5") == {"grpo_s0": "left out"}
+    config.write_text(config.read_text() + "# a comment changes the config's content\n")
+    assert cached_only() == {"grpo_s0": "left out"}
+    config.write_text((ROOT / "configs" / "tiny_cpu.yaml").read_text())
+    assert cached_only() == {"grpo_s0": "cached"}
+    monkeypatch.setattr(tool, "code_version", lambda: "c0de+dirty12345678")
+    assert cached_only() == {"grpo_s0": "left out"}
+    monkeypatch.setattr(tool, "code_version", lambda: "c0de")
+    # --vary: one run per value, each its own label and cache key, with its override on the command line
+    assert cached_only("--vary", "model.init_args.sampling.temperature=1.0,0.5") == {
+        "grpo[temperature1.0]_s0": "left out",
+        "grpo[temperature0.5]_s0": "left out",
+    }
+    runs = []
+    monkeypatch.setattr(
+        tool.Lab, "run", lambda self, label, key, cli, total, index: runs.append((label, key, cli))
+    )
+    tool.main([*argv, "--vary", "model.init_args.sampling.temperature=1.0,0.5"])
+    assert [label for label, _, _ in runs] == ["grpo[temperature1.0]_s0", "grpo[temperature0.5]_s0"]
+    assert [cli[-1] for _, _, cli in runs] == [
+        "--model.init_args.sampling.temperature=1.0",
+        "--model.init_args.sampling.temperature=0.5",
+    ]
+    keys = {key for _, key, _ in runs}
+    assert len(keys) == 2 and not any((tmp_path / "runs" / "cache" / f"{k}.json").is_file() for k in keys)
+
+
+def test_code_version_is_the_last_code_commit_plus_a_hash_of_uncommitted_code_changes(monkeypatch):
+    tool = load_tool("compare_methods")
+    answers = {"log": "abc1234", "diff": ""}
+    monkeypatch.setattr(tool, "git", lambda *args: answers[args[0]])
+    assert tool.code_version() == "abc1234"
+    answers["diff"] = "+x = 1"
+    dirty = tool.code_version()
+    assert dirty == "abc1234+dirty" + hashlib.sha256(b"+x = 1").hexdigest()[:8]
+    answers["diff"] = "+x = 2"
+    assert tool.code_version() != dirty  # another uncommitted change, another key
 
 
 def test_tradeoff_reads_several_labs_renames_and_keeps_the_first_row(tmp_path, capsys):

@@ -7,7 +7,8 @@
 Each run is ``epr-lightning fit --config <lab configs> --config configs/method/<m>.yaml --seed_everything s``
 (+ ``--set`` overrides) in a subprocess, with one progress line per run. A finished run is cached under
 ``--runs-dir`` by (config hash, method, seed, code commit): rerunning the same command skips it, so an interrupted
-lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``); ``--cached-only`` trains
+lab resumes where it stopped (a run killed midway restarts from its ``last.ckpt``, and its wall time adds the
+killed attempt's time up to that checkpoint); ``--cached-only`` trains
 nothing and writes the report from the runs finished so far (of a lab still running, say). The code commit is the last
 commit that touched the package or callbacks (``+dirty`` and a diff hash when they have uncommitted
 changes), so committing results or another method's YAML does not invalidate the cache.
@@ -106,16 +107,24 @@ class Lab:
             return None
         last = log_dir / "checkpoints" / "last.ckpt"
         resume = ["--ckpt_path", str(last)] if last.is_file() else []
+        # Wall time accumulates over a killed run's attempts: each attempt records when it started, and a resumed
+        # one adds the time its predecessor took to reach last.ckpt (what came after it is trained again).
+        attempt = self.root / f"{label.replace('/', '_')}-{key}.attempt.json"
+        previous = 0.0
+        if resume and attempt.is_file():
+            before = json.loads(attempt.read_text())
+            previous = before["previous_s"] + max(0.0, last.stat().st_mtime - before["started"])
         cmd = [sys.executable, "-m", "epr_lightning", "fit", *cli_args,
                "--trainer.logger.init_args.save_dir", str(self.root),
                "--trainer.logger.init_args.name", label,
                "--trainer.logger.init_args.version", key, *resume]  # fmt: skip
         start = time.time()
+        attempt.write_text(json.dumps({"previous_s": previous, "started": start}))
         print(f"[{index}/{total}] {label}: training{' (resuming)' if resume else ''} …", flush=True)
         log_file = self.root / f"{label.replace('/', '_')}-{key}.log"
         with open(log_file, "w") as log:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
-        wall = time.time() - start
+        wall = previous + time.time() - start
         if proc.returncode != 0:
             tail = log_file.read_text()[-2000:]
             raise SystemExit(
@@ -223,6 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
         for res in results.values():
             shutil.rmtree(Path(res["log_dir"]) / "checkpoints", ignore_errors=True)
     claim = lab.holds_entropy(rows, args.claim[0], 15.0, args.claim[1], 0.05)
+    if not rows:  # --cached-only before any run has finished
+        print("compare_methods: no finished runs yet, nothing to report", flush=True)
+        return {"rows": rows, "sequential": sequential, "claim": claim}
     write_outputs(out, rows, curves, sequential, claim, args, chash, lab_runs.version)
     return {"rows": rows, "sequential": sequential, "claim": claim}
 
