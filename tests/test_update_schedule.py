@@ -80,6 +80,7 @@ def test_disable_dropout_reports_what_it_changed():
     assert disable_dropout(model) == 0  # idempotent
 
 
+@pytest.mark.parametrize("logprob_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(
     "num_minibatches, ppo_epochs, passes",
     [
@@ -89,24 +90,37 @@ def test_disable_dropout_reports_what_it_changed():
     ],
 )
 def test_pi_old_comes_from_the_first_minibatch_pass_and_one_no_grad_pass_over_the_rest(
-    num_minibatches, ppo_epochs, passes
+    num_minibatches, ppo_epochs, passes, logprob_dtype
 ):
     from epr_lightning.models import TinyModel
+    from epr_lightning.rollout.base import Rollout
     from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings
 
-    module = RLModule(policy=TinyModel())
+    module = RLModule(policy=TinyModel(), logprob_dtype=logprob_dtype)
     module.configure_model()
     g = torch.Generator().manual_seed(2)
     vocab = len(module.tokenizer)
-    ids = torch.randint(5, vocab, (6, 10), generator=g)
-    mask = torch.zeros(6, 10)
-    mask[:, 4:] = 1.0
-    tokens = TokenBatch(ids, torch.ones(6, 10, dtype=torch.long), mask, torch.zeros(6, 10), torch.arange(6))
+    # rows of different lengths (one of 10 tokens, the others 5 to 7): every minibatch without row 0 is trimmed
+    # narrower than the rollout, so π_old is assembled from passes of different widths
+    completion_lengths = [6, 1, 2, 1, 3, 2]
+    rollout = Rollout(
+        prompt_ids=[torch.randint(5, vocab, (4,), generator=g).tolist() for _ in completion_lengths],
+        completion_ids=[torch.randint(5, vocab, (k,), generator=g).tolist() for k in completion_lengths],
+        sampler_logprobs=[[-1.0] * k for k in completion_lengths],
+        group_index=list(range(6)),
+        finish_reason=["stop"] * 6,
+        completion_text=[""] * 6,
+        prompt_text=[""] * 6,
+    )
+    tokens = rollout.to_batch(module.tokenizer.pad_token_id)
+    assert tokens.input_ids.shape == (6, 10)
     before = module.policy_pass(tokens, grad=False)  # π_old of every row, in one pass, before any step
     calls: list[tuple[int, bool]] = []
+    widths: list[int] = []
 
     def recorded(batch, *, grad, model=None):
         calls.append((len(batch), grad))
+        widths.append(batch.input_ids.shape[1])
         return module.policy_pass(batch, grad=grad, model=model)
 
     settings = UpdateSettings(ppo_epochs=ppo_epochs, num_minibatches=num_minibatches)
@@ -115,8 +129,22 @@ def test_pi_old_comes_from_the_first_minibatch_pass_and_one_no_grad_pass_over_th
     optim = Optimization(opt, None, lambda loss: loss.backward(), lambda: module.policy.parameters())
     stats = update(tokens, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), iteration=0, optim=optim)
     assert calls == passes
-    m = mask.bool()
-    assert torch.allclose(stats.old.logp[m], before.logp[m], atol=1e-5)
-    assert torch.allclose(stats.old.entropy[m], before.entropy[m], atol=1e-5)
+    if num_minibatches > 1:
+        assert min(widths) < 10  # some pass was trimmed
+    # the assembled π_old is the whole-rollout pass before any step, field by field, 0 off the mask
+    assert stats.old.logp.shape == stats.old.collision.shape == (6, 10)
+    tight = dict(rtol=0.0, atol=1e-5)
+    rounded = dict(rtol=2**-7, atol=1e-5) if logprob_dtype == "bfloat16" else tight  # bf16: one rounding step
+    torch.testing.assert_close(stats.old.logp, before.logp, **rounded)
+    torch.testing.assert_close(stats.old.entropy, before.entropy, **tight)
+    torch.testing.assert_close(stats.old.collision, before.collision, **tight)
+    if logprob_dtype == "bfloat16":
+        torch.testing.assert_close(stats.old.logp_fp32, before.logp_fp32, **tight)
+    else:
+        assert stats.old.logp_fp32 is None and before.logp_fp32 is None
+    off = tokens.loss_mask == 0
+    assert not stats.old.logp[off].any() and not stats.old.collision[off].any()
+    m = tokens.loss_mask.bool()
+    assert before.collision[m].abs().sum() > 0 and before.entropy[m].min() > 0  # not trivially zero
     after = module.policy_pass(tokens, grad=False)
     assert not torch.allclose(after.logp[m], before.logp[m], atol=1e-3)  # the steps did move the policy
