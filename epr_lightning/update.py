@@ -18,7 +18,7 @@ from torch import Tensor
 
 from epr_lightning.logprobs import PolicyPass, scatter_rows
 from epr_lightning.objectives.aggregation import global_normaliser
-from epr_lightning.objectives.base import PolicyBatch
+from epr_lightning.objectives.base import LossOutput, PolicyBatch
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.rollout.base import TokenBatch
 
@@ -146,13 +146,87 @@ def optimizer_step(
     return norm_value
 
 
-class PolicyUpdate:
-    """``ppo_epochs`` passes of minibatch updates over one rollout.
+class OldPolicy:
+    """π_old over the whole rollout, which the first minibatch completes.
 
     π_old is needed for every row before the first optimizer step, but the first minibatch is still on-policy
-    when its gradient pass runs: that pass (detached) is its π_old, so the no-grad pass covers only the other
-    rows, and with one epoch of one minibatch there is none at all (the ratio is then exactly 1).
+    when its gradient pass runs: that pass (detached) is its π_old, so the no-grad pass (``rest``) covers only
+    the other rows, and with one epoch of one minibatch there is none at all (the ratio is then exactly 1).
     """
+
+    def __init__(self, shape: torch.Size, first: Tensor, rest: Tensor, old_rest: PolicyPass | None) -> None:
+        self.shape = shape
+        self.first = first
+        self.rest = rest
+        self.old_rest = old_rest
+        self.whole: PolicyPass | None = None  # assembled on the first minibatch
+
+    def for_minibatch(self, rows: Tensor, width: int, cur: PolicyPass) -> PolicyPass:
+        """π_old of ``rows`` (trimmed to ``width``); ``cur`` is their gradient pass, π_old before any step."""
+        if self.whole is None:  # the first minibatch, before any step: this pass is its π_old
+            sub_old = cur.detached()
+            parts = [(self.first, sub_old)] + (
+                [(self.rest, self.old_rest)] if self.old_rest is not None else []
+            )
+            self.whole = PolicyPass.assemble(self.shape, parts)
+            return sub_old
+        return self.whole.rows(rows, width)
+
+
+@dataclass
+class MinibatchStep:
+    """What one minibatch step produced: its rows, their advantages after the transforms, the loss output, the
+    transforms' stats and the gradient norm (None when the step was skipped as non-finite)."""
+
+    rows: Tensor
+    advantages: Tensor
+    out: LossOutput
+    transform_stats: dict[str, float]
+    grad_norm: float | None
+
+
+class UpdateAccumulator:
+    """The update's statistics: scalars averaged over its minibatch steps, the first epoch's token advantages
+    and the last epoch's clip masks, scattered into whole-rollout [N, T] tensors."""
+
+    def __init__(self, shape: torch.Size, device: torch.device, ppo_epochs: int) -> None:
+        self.full = {k: torch.zeros(shape, device=device) for k in ("adv", "up", "low")}
+        self.last_epoch = ppo_epochs - 1
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, epoch: int, step: MinibatchStep) -> None:
+        if epoch == 0:
+            scatter_rows(self.full["adv"], step.rows, step.advantages)
+        if epoch == self.last_epoch:
+            for key, name in (("up", "clip_upper"), ("low", "clip_lower")):
+                if name in step.out.token_stats:
+                    scatter_rows(self.full[key], step.rows, step.out.token_stats[name])
+        step_metrics = {k: float(v) for k, v in step.out.metrics.items()}
+        step_metrics.update({f"policy/{k}": v for k, v in step.transform_stats.items()})
+        if step.grad_norm is not None:
+            step_metrics["train/grad_norm"] = step.grad_norm
+        for k, v in step_metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def result(self, old: PolicyPass, lr: float) -> UpdateStats:
+        metrics = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        metrics["train/lr"] = lr
+        full = self.full
+        has_clip = bool(full["up"].any() or full["low"].any()) or "policy/clipfrac_upper" in metrics
+        return UpdateStats(
+            old=old,
+            token_advantages=full["adv"],
+            clip_upper=full["up"] if has_clip else None,
+            clip_lower=full["low"] if has_clip else None,
+            metrics=metrics,
+        )
+
+
+class PolicyUpdate:
+    """``ppo_epochs`` passes of minibatch updates over one rollout: π_old (``OldPolicy``), then one
+    ``minibatch_step`` per minibatch, whose results an ``UpdateAccumulator`` gathers."""
 
     def __init__(self, settings: UpdateSettings, objective: Objective, policy_pass: PolicyPassFn) -> None:
         self.settings = settings
@@ -169,82 +243,70 @@ class PolicyUpdate:
         optim: Optimization,
         reference: torch.nn.Module | None = None,
     ) -> UpdateStats:
-        obj, settings = self.objective, self.settings
+        device = tokens.input_ids.device
         n = len(tokens)
-        mb = settings.rows_per_minibatch(n)
-        gen = torch.Generator().manual_seed(1_000_003 * iteration + 17)
-        orders = [
-            torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
-            for _ in range(settings.ppo_epochs)
-        ]
-        first = orders[0][:mb].to(tokens.input_ids.device)  # the on-policy minibatch
-        rest = orders[0][mb:].to(tokens.input_ids.device)
-        old_rest = self.policy_pass(tokens.select(rest), grad=False).detached() if len(rest) else None
-        old: PolicyPass | None = None
-        ref_logp = self._reference_logp(reference, tokens) if obj.needs_reference else None
-        shape = tokens.input_ids.shape
-        full = {k: torch.zeros(shape, device=tokens.input_ids.device) for k in ("adv", "up", "low")}
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        mb = self.settings.rows_per_minibatch(n)
+        orders = self.epoch_orders(n, mb, iteration)
+        old = self.old_policy(tokens, orders[0], mb)
+        ref_logp = self._reference_logp(reference, tokens) if self.objective.needs_reference else None
+        stats = UpdateAccumulator(tokens.input_ids.shape, device, self.settings.ppo_epochs)
         for epoch, order in enumerate(orders):
             for start in range(0, n, mb):
-                rows = order[start : start + mb].to(tokens.input_ids.device)
-                sub = tokens.select(rows)
-                width = sub.input_ids.shape[1]
-                cur = self.policy_pass(sub, grad=True)
-                if old is None:  # the first minibatch, before any step: this pass is its π_old
-                    sub_old = cur.detached()
-                    parts = [(first, sub_old)] + ([(rest, old_rest)] if old_rest is not None else [])
-                    old = PolicyPass.assemble(shape, parts)
-                else:
-                    sub_old = old.rows(rows, width)
-                seen = cur.detached() if obj.transform_logprob == "current" else sub_old
-                adv = obj.token_advantages(
-                    seq_adv[rows], sub.loss_mask, seen.logp, seen.entropy, seen.collision
-                )
-                batch = PolicyBatch(
-                    logp=cur.logp,
-                    old_logp=sub_old.logp,
-                    sampler_logp=sub.sampler_logprobs,
-                    advantages=adv,
-                    mask=sub.loss_mask,
-                    entropy=cur.entropy if obj.needs_entropy_grad else cur.entropy.detach(),
-                    ref_logp=None if ref_logp is None else ref_logp[rows, :width],
-                    logp_fp32=cur.logp_fp32,
-                    old_logp_fp32=sub_old.logp_fp32,
-                )
-                out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
-                norm = optimizer_step(optim, out.loss, settings.grad_clip, self.guard, iteration)
-                if epoch == 0:
-                    scatter_rows(full["adv"], rows, adv)
-                if epoch == settings.ppo_epochs - 1:
-                    for key, name in (("up", "clip_upper"), ("low", "clip_lower")):
-                        if name in out.token_stats:
-                            scatter_rows(full[key], rows, out.token_stats[name])
-                step_metrics = {k: float(v) for k, v in out.metrics.items()}
-                step_metrics.update(
-                    {
-                        f"policy/{k}": float(v)
-                        for t in obj.transforms
-                        for k, v in getattr(t, "last_stats", {}).items()
-                    }
-                )
-                if norm is not None:
-                    step_metrics["train/grad_norm"] = norm
-                for k, v in step_metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    counts[k] = counts.get(k, 0) + 1
-        assert old is not None  # the rollout has at least one row
-        metrics = {k: sums[k] / counts[k] for k in sums}
-        metrics["train/lr"] = float(optim.optimizer.param_groups[0]["lr"])
-        has_clip = bool(full["up"].any() or full["low"].any()) or "policy/clipfrac_upper" in metrics
-        return UpdateStats(
-            old=old,
-            token_advantages=full["adv"],
-            clip_upper=full["up"] if has_clip else None,
-            clip_lower=full["low"] if has_clip else None,
-            metrics=metrics,
+                rows = order[start : start + mb].to(device)
+                step = self.minibatch_step(tokens, rows, seq_adv, old, ref_logp, iteration, optim)
+                stats.add(epoch, step)
+        assert old.whole is not None  # the rollout has at least one row
+        return stats.result(old.whole, float(optim.optimizer.param_groups[0]["lr"]))
+
+    def epoch_orders(self, n: int, mb: int, iteration: int) -> list[Tensor]:
+        """The row order of each epoch: a fresh permutation per epoch (seeded by the iteration) when the rollout
+        is split into minibatches, else the rows in order."""
+        gen = torch.Generator().manual_seed(1_000_003 * iteration + 17)
+        return [
+            torch.randperm(n, generator=gen) if mb < n else torch.arange(n)
+            for _ in range(self.settings.ppo_epochs)
+        ]
+
+    def old_policy(self, tokens: TokenBatch, first_order: Tensor, mb: int) -> OldPolicy:
+        """π_old: a no-grad pass over the rows after the first minibatch; the first one's comes with its step."""
+        first = first_order[:mb].to(tokens.input_ids.device)  # the on-policy minibatch
+        rest = first_order[mb:].to(tokens.input_ids.device)
+        old_rest = self.policy_pass(tokens.select(rest), grad=False).detached() if len(rest) else None
+        return OldPolicy(tokens.input_ids.shape, first, rest, old_rest)
+
+    def minibatch_step(
+        self,
+        tokens: TokenBatch,
+        rows: Tensor,
+        seq_adv: Tensor,
+        old: OldPolicy,
+        ref_logp: Tensor | None,
+        iteration: int,
+        optim: Optimization,
+    ) -> MinibatchStep:
+        """Gradient pass over ``rows``, token advantages, loss, and one optimizer step."""
+        obj = self.objective
+        sub = tokens.select(rows)
+        width = sub.input_ids.shape[1]
+        cur = self.policy_pass(sub, grad=True)
+        sub_old = old.for_minibatch(rows, width, cur)
+        seen = cur.detached() if obj.transform_logprob == "current" else sub_old
+        adv = obj.token_advantages(seq_adv[rows], sub.loss_mask, seen.logp, seen.entropy, seen.collision)
+        batch = PolicyBatch(
+            logp=cur.logp,
+            old_logp=sub_old.logp,
+            sampler_logp=sub.sampler_logprobs,
+            advantages=adv,
+            mask=sub.loss_mask,
+            entropy=cur.entropy if obj.needs_entropy_grad else cur.entropy.detach(),
+            ref_logp=None if ref_logp is None else ref_logp[rows, :width],
+            logp_fp32=cur.logp_fp32,
+            old_logp_fp32=sub_old.logp_fp32,
         )
+        out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
+        norm = optimizer_step(optim, out.loss, self.settings.grad_clip, self.guard, iteration)
+        transform_stats = {k: float(v) for t in obj.transforms for k, v in t.last_stats.items()}
+        return MinibatchStep(rows, adv, out, transform_stats, norm)
 
     def _reference_logp(self, reference: torch.nn.Module | None, tokens: TokenBatch) -> Tensor:
         if reference is None:

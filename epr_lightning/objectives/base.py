@@ -8,7 +8,9 @@ where ``mask`` is 0 are ignored. Everything here is fp32.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 from torch import Tensor
@@ -90,6 +92,9 @@ class AdvantageTransform(Adaptable, ABC):
 
     #: True when the transform needs the exact full-vocab entropy.
     needs_entropy: bool = False
+    #: What the last call measured (floats), logged per minibatch as ``policy/<name>``; a transform sets it in
+    #: ``__call__``. Empty (read-only) until then, and for transforms that measure nothing.
+    last_stats: Mapping[str, float] = MappingProxyType({})
 
     @abstractmethod
     def __call__(

@@ -11,7 +11,7 @@ Theorem 1 of the paper (docs/methods.md §1): ΔH ≈ −η·E_π[π·A·L] with
 
 All inputs are detached (``Objective.token_advantages`` detaches them); ``logp`` is the sampled token's
 log-prob. Coefficients are plain float attributes a controller may overwrite between iterations, saved via
-``state_dict``. Each call leaves ``last_stats`` (floats) for logging.
+``state_dict``. Each call leaves ``last_stats`` (floats, declared on ``AdvantageTransform``) for logging.
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ class REPO(AdvantageTransform):
 
     def __init__(self, beta: float = 0.0) -> None:
         self.beta = _finite("beta", beta)
-        self.last_stats: dict[str, float] = {}
 
     def __call__(
         self,
@@ -134,7 +133,6 @@ class REPOR(AdvantageTransform):
         if self.logp_floor >= 0:
             raise ValueError(f"logp_floor must be < 0 (a log-probability), got {logp_floor!r}")
         self.sign_preserving = bool(sign_preserving)
-        self.last_stats: dict[str, float] = {}
 
     def __call__(
         self,
@@ -172,7 +170,6 @@ class REPOD(AdvantageTransform):
 
     def __init__(self, zeta: float = 1.0) -> None:
         self.zeta = _finite("zeta", zeta)
-        self.last_stats: dict[str, float] = {}
 
     def __call__(
         self,
