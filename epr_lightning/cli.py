@@ -127,6 +127,8 @@ def _quiet_libraries() -> None:
         pass
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # main() hands LightningCLI the command line with the --config short names resolved
+    warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
 
 
 def build_cli(args: ArgsType = None, run: bool = True, exit_on_error: bool = True) -> EPRLightningCLI:

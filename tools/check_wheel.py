@@ -89,7 +89,8 @@ def missing_from(wheel: Path) -> list[str]:
 
 
 def _run(cmd: list[str], *, cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
-    print(f"check_wheel: {what}: {' '.join(cmd)}", flush=True)
+    shown = " ".join(c if len(c) < 200 else c[:60] + " …" for c in cmd)
+    print(f"check_wheel: {what}: {shown}", flush=True)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-6000:], proc.stderr[-6000:], sep="\n", file=sys.stderr)
