@@ -24,14 +24,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from epr_lightning.metrics import all_reduce
-
-if TYPE_CHECKING:
-    from epr_lightning.tasks.scoring import RolloutScores
 
 #: the argument that sets ``max_in_row``, named in the stop message.
 SETTING = "model.max_failed_reward_iterations"
@@ -65,6 +63,14 @@ class Failure:
 
     def describe(self) -> str:
         return f"{self.message} ({self.where})" if self.where else self.message
+
+
+class ScoredBatch(Protocol):
+    """What ``RewardFailureStop.check`` reads of an iteration's scores (``tasks.scoring.RolloutScores``)."""
+
+    rewards: Tensor
+    failures: int
+    first_failures: dict[str, Failure]
 
 
 def one_line(text: str) -> str:
@@ -138,7 +144,7 @@ class RewardFailureStop:
         self.first: Failure | None = None
         self.shown: set[str] = set()
 
-    def check(self, scores: RolloutScores, iteration: int, device: torch.device | str | None = None) -> None:
+    def check(self, scores: ScoredBatch, iteration: int, device: torch.device | str | None = None) -> None:
         """Warn about new kinds of failure in ``scores``; count the iteration; raise at ``max_in_row``.
 
         In a multi-process run the counts are summed over ranks first (every rank must call this), so all
@@ -198,7 +204,10 @@ class RewardFailureStop:
 
 def _warning_text(failure: Failure, iteration: int, max_in_row: int | None) -> str:
     if failure.kind.startswith("env_"):
-        effect, what = "failed episodes end with env_error and reward 0 (episode/ended_by/env_error)", "episode"
+        effect, what = (
+            "failed episodes end with env_error and reward 0 (episode/ended_by/env_error)",
+            "episode",
+        )
     else:
         effect, what = "failed samples score 0 (rollout/reward_errors)", "reward"
     stop = f"the run stops after {max_in_row} iterations in a row" if max_in_row else "the run never stops"

@@ -52,7 +52,9 @@ class TRLReward(RewardFunction):
     example's other fields (``Example.meta``, e.g. every dataset column but the prompt) plus ``answer``. A
     function's ``None`` counts as 0 in the weighted sum; an item for which every function says ``None`` is
     non-finite (reward 0, counted). A function that raises, hangs past the timeout or returns the wrong number
-    of values gives the whole batch 0, counted in ``rollout/reward_errors``.
+    of values gives the whole batch 0, counted in ``rollout/reward_errors``; the first failure of each kind is
+    printed once with the file:line in your function, and ``model.max_failed_reward_iterations`` iterations in a
+    row in which every reward failed stop the run (``reward_failures.py``).
 
     Args:
         path: the Python file defining the functions (relative to the working directory), or a module name.
