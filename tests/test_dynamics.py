@@ -5,12 +5,12 @@ import warnings
 
 import pytest
 import torch
+
 from epr_lightning.callbacks import EntropyDynamics
 from epr_lightning.callbacks.dynamics import record_batch, signed_covariances
-
 from epr_lightning.logprobs import PolicyPass
 from epr_lightning.record import StepRecord
-from epr_lightning.testing.closed_loop import quiet_tiny_args
+from epr_lightning.testing.closed_loop import quiet_tiny_args, seed_args
 
 
 def make_record(iteration=0):
@@ -94,15 +94,21 @@ def test_bad_arguments():
 
 
 def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
-    """GRPO on the toy task: predicted (Theorem 1) and measured entropy changes share their sign in ≥ 80% of 20
-    iterations (by chance: 0.6%). Measured: 17/20 at lr 1e-3 (Adam on a shared-parameter model, so the first-order
-    tabular prediction is not exact; tests/test_theory.py checks the sign on exact softmax steps)."""
+    """GRPO on the toy task, seed 0 (deterministic on CPU): predicted (Theorem 1) and measured entropy changes share
+    their sign in at least 15 of 20 iterations.
+
+    The bound is derived from both sides, not from this seed's outcome: a predictor whose sign is independent of
+    the measured change (a coin) reaches 15/20 with probability 2.1%; the predictor measured over seeds 0-7 (17,
+    17, 18, 19, 20, 18, 19, 19 of 20: 147/160 agree) misses 6 or more of 20 with probability 0.4%. Seed 0
+    measures 17/20 (Adam on a shared-parameter model, so the first-order tabular prediction is not exact;
+    tests/test_theory.py checks the sign on exact softmax steps)."""
     from epr_lightning.cli import build_cli
 
     cli = build_cli(
         quiet_tiny_args(
             tmp_path,
             "grpo",
+            *seed_args(0, tiny_model=True),
             "--data.init_args.task",
             "epr_lightning.tasks.CharacterTask",
             "--data.init_args.batches_per_epoch",
@@ -123,4 +129,5 @@ def test_tiny_run_logs_dynamics_and_signs_mostly_agree(tmp_path):
         float(metrics["dynamics/cov_A_L"]), abs=1e-6
     )
     assert dyn.compared == 20
-    assert dyn.agree / dyn.compared >= 0.8, f"sign agreement {dyn.agree}/{dyn.compared}"
+    assert dyn.agree >= 15, f"sign agreement {dyn.agree}/{dyn.compared}"
+    assert float(metrics["dynamics/sign_agreement"]) == pytest.approx(dyn.agree / 20)
