@@ -12,6 +12,7 @@ from jsonargparse import ArgumentParser
 
 from epr_lightning.tasks import (
     ArithmeticTask,
+    CharacterTask,
     CountdownReward,
     CountdownTask,
     ExactAnswerReward,
@@ -29,6 +30,7 @@ from epr_lightning.tasks import (
     safe_eval,
 )
 from epr_lightning.tasks.expressions import ExpressionLimits, numbers_in
+from epr_lightning.tasks.generated import GeneratedTask
 from epr_lightning.tasks.property_numbers import has_property
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,6 +312,23 @@ def test_numbers_with_property_divisors_list():
     assert drawn == {2, 5, 10}
     with pytest.raises(ValueError, match="divisors"):
         NumbersWithPropertyTask(divisors=[1, 5])
+
+
+# ------------------------------------------------------------------------------------ generated tasks
+
+
+@pytest.mark.parametrize("cls", [ArithmeticTask, CountdownTask, NumbersWithPropertyTask, CharacterTask])
+def test_generated_tasks_share_counts_seed_splits_and_checks(cls):
+    task = cls(num_train=6, num_val=3, seed=5, system_prompt="Be brief.")
+    assert isinstance(task, GeneratedTask) and task.system_prompt == "Be brief."
+    train, val = task.examples("train"), task.examples("val")
+    assert (len(train), len(val)) == (6, 3)
+    assert task.examples("train") == train == cls(num_train=6, num_val=3, seed=5).examples("train")
+    assert cls(num_train=6, num_val=3, seed=6).examples("train") != train  # the seed draws other examples
+    with pytest.raises(ValueError, match="split must be 'train' or 'val'"):
+        task.examples("test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_train/num_val must be ≥ 0"):
+        cls(num_train=-1, num_val=3, seed=5)
 
 
 # -------------------------------------------------------------------------------------------- JSONL

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 from epr_lightning.tasks.answers import ExactAnswerReward
-from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.base import Example, RewardFunction, Split
 from epr_lightning.tasks.expressions import ExpressionError, safe_eval
+from epr_lightning.tasks.generated import GeneratedTask
 
 ANSWER_INSTRUCTION = "Put the final answer after 'Answer:'."
 _OPS = "+-*/"
@@ -26,7 +27,7 @@ def _word_problem(rng: random.Random, a: int, op: str, b: int) -> str:
     return f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
 
 
-class ArithmeticTask(Task):
+class ArithmeticTask(GeneratedTask):
     """Problems like "What is 7 + 5?"; the reference answer is the exact integer value.
 
     Problems are drawn from ``random.Random`` seeded by ``(seed, split)``: the same arguments give the same
@@ -61,9 +62,7 @@ class ArithmeticTask(Task):
         reward: RewardFunction | None = None,
         system_prompt: str | None = None,
     ) -> None:
-        super().__init__(reward=reward, system_prompt=system_prompt)
-        if num_train < 0 or num_val < 0:
-            raise ValueError(f"num_train/num_val must be ≥ 0, got {num_train}/{num_val}")
+        super().__init__(num_train, num_val, seed, reward=reward, system_prompt=system_prompt)
         if min_value > max_value:
             raise ValueError(f"min_value ({min_value}) must be ≤ max_value ({max_value})")
         if not ops or any(op not in _OPS for op in ops):
@@ -76,11 +75,9 @@ class ArithmeticTask(Task):
             raise ValueError("word_problems=True needs min_value ≥ 0")
         if ops == "/" and max_value <= 0:
             raise ValueError("ops='/' needs max_value > 0 (a non-zero divisor)")
-        self.num_train, self.num_val = num_train, num_val
         self.min_value, self.max_value = min_value, max_value
         self.ops, self.num_operands = ops, num_operands
-        self.word_problems, self.seed = word_problems, seed
-        self._cache: dict[str, list[Example]] = {}
+        self.word_problems = word_problems
 
     def default_reward(self) -> RewardFunction:
         return ExactAnswerReward()
@@ -117,22 +114,18 @@ class ArithmeticTask(Task):
             meta={"expression": expr},
         )
 
-    def examples(self, split: Split) -> list[Example]:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if split not in self._cache:
+    def generate(self, split: Split) -> list[Example]:
+        if split == "val":
             val_rng = random.Random(f"arithmetic-{self.seed}-val")
-            val = [self._make(val_rng, "val", i) for i in range(self.num_val)]
-            self._cache["val"] = val
-            seen = {ex.meta["expression"] for ex in val}
-            train_rng = random.Random(f"arithmetic-{self.seed}-train")
-            train = []
-            for i in range(self.num_train):
+            return [self._make(val_rng, "val", i) for i in range(self.num_val)]
+        seen = {ex.meta["expression"] for ex in self.examples("val")}
+        train_rng = random.Random(f"arithmetic-{self.seed}-train")
+        train = []
+        for i in range(self.num_train):
+            ex = self._make(train_rng, "train", i)
+            for _ in range(20):
+                if ex.meta["expression"] not in seen:
+                    break
                 ex = self._make(train_rng, "train", i)
-                for _ in range(20):
-                    if ex.meta["expression"] not in seen:
-                        break
-                    ex = self._make(train_rng, "train", i)
-                train.append(ex)
-            self._cache["train"] = train
-        return list(self._cache[split])
+            train.append(ex)
+        return train

@@ -14,7 +14,7 @@ from collections import Counter
 from fractions import Fraction
 
 from epr_lightning.tasks.answers import extract_final_answer
-from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.base import Example, RewardFunction, Split
 from epr_lightning.tasks.expressions import (
     ExpressionError,
     ExpressionLimits,
@@ -25,6 +25,7 @@ from epr_lightning.tasks.expressions import (
     numbers_in,
     parse_expression,
 )
+from epr_lightning.tasks.generated import GeneratedTask
 
 #: no unary minus: every literal in the answer must be one of the given numbers.
 COUNTDOWN_LIMITS = ExpressionLimits(max_len=256, max_depth=16, max_digits=6, allow_unary_minus=False)
@@ -158,7 +159,7 @@ def _positive_integer_steps(node: Node) -> Fraction | None:
     return value
 
 
-class CountdownTask(Task):
+class CountdownTask(GeneratedTask):
     """Prompts like "Using the numbers 3, 5, 7 (each at most once) and + - * /, write an expression equal to 8".
 
     Each instance draws ``num_numbers`` numbers, builds a random expression over a random subset of at least
@@ -196,9 +197,7 @@ class CountdownTask(Task):
         reward: RewardFunction | None = None,
         system_prompt: str | None = None,
     ) -> None:
-        super().__init__(reward=reward, system_prompt=system_prompt)
-        if num_train < 0 or num_val < 0:
-            raise ValueError(f"num_train/num_val must be ≥ 0, got {num_train}/{num_val}")
+        super().__init__(num_train, num_val, seed, reward=reward, system_prompt=system_prompt)
         if not 2 <= num_numbers <= 8:
             raise ValueError(f"num_numbers must be in [2, 8], got {num_numbers}")
         if not 1 <= min_number <= max_number:
@@ -207,11 +206,10 @@ class CountdownTask(Task):
             raise ValueError(f"min_target ({min_target}) must be ≤ max_target ({max_target})")
         if not ops or any(op not in "+-*/" for op in ops):
             raise ValueError(f"ops must be a non-empty subset of '+-*/', got {ops!r}")
-        self.num_train, self.num_val, self.num_numbers = num_train, num_val, num_numbers
+        self.num_numbers = num_numbers
         self.min_number, self.max_number = min_number, max_number
         self.min_target, self.max_target = min_target, max_target
-        self.ops, self.use_all, self.seed = ops, use_all, seed
-        self._cache: dict[str, list[Example]] = {}
+        self.ops, self.use_all = ops, use_all
 
     def default_reward(self) -> RewardFunction:
         return CountdownReward()
@@ -240,11 +238,6 @@ class CountdownTask(Task):
             return Example(id=f"countdown-{split}-{index}", prompt=prompt, answer=str(target), meta=meta)
         raise ValueError("could not generate a Countdown instance; widen the number or target range")
 
-    def examples(self, split: Split) -> list[Example]:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if split not in self._cache:
-            rng = random.Random(f"countdown-{self.seed}-{split}")
-            count = self.num_train if split == "train" else self.num_val
-            self._cache[split] = [self._make(rng, split, i) for i in range(count)]
-        return list(self._cache[split])
+    def generate(self, split: Split) -> list[Example]:
+        rng = random.Random(f"countdown-{self.seed}-{split}")
+        return [self._make(rng, split, i) for i in range(self.count(split))]

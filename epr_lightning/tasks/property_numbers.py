@@ -10,7 +10,8 @@ import math
 import random
 
 from epr_lightning.tasks.answers import extract_number
-from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.base import Example, RewardFunction, Split
+from epr_lightning.tasks.generated import GeneratedTask
 
 PROPERTIES = ("divisible", "prime", "square")
 _MAX_INT_DIGITS = 18
@@ -70,7 +71,7 @@ class NumberPropertyReward(RewardFunction):
         return extract_number(completion)[0]
 
 
-class NumbersWithPropertyTask(Task):
+class NumbersWithPropertyTask(GeneratedTask):
     """Prompts like "Give a number between 1 and 50 that is divisible by 7." with several valid answers.
 
     Each instance draws a property from ``properties``, a divisor in ``[2, max_divisor]`` for
@@ -108,7 +109,7 @@ class NumbersWithPropertyTask(Task):
         system_prompt: str | None = None,
         divisors: list[int] | None = None,
     ) -> None:
-        super().__init__(reward=reward, system_prompt=system_prompt)
+        super().__init__(num_train, num_val, seed, reward=reward, system_prompt=system_prompt)
         props = list(properties) if properties is not None else list(PROPERTIES)
         if not props or any(p not in PROPERTIES for p in props):
             raise ValueError(f"properties must be a non-empty subset of {PROPERTIES}, got {props}")
@@ -121,12 +122,11 @@ class NumbersWithPropertyTask(Task):
         if divisors is not None and (not divisors or any(int(d) < 2 for d in divisors)):
             raise ValueError(f"divisors must be a non-empty list of integers ≥ 2, got {divisors}")
         self.divisors = None if divisors is None else [int(d) for d in divisors]
-        if num_train < 0 or num_val < 0 or min_solutions < 1:
-            raise ValueError("num_train/num_val must be ≥ 0 and min_solutions ≥ 1")
-        self.num_train, self.num_val, self.properties = num_train, num_val, props
+        if min_solutions < 1:
+            raise ValueError(f"min_solutions must be ≥ 1, got {min_solutions}")
+        self.properties = props
         self.max_high, self.min_width, self.max_width = max_high, min_width, max_width
-        self.max_divisor, self.min_solutions, self.seed = max_divisor, min_solutions, seed
-        self._cache: dict[str, list[Example]] = {}
+        self.max_divisor, self.min_solutions = max_divisor, min_solutions
 
     def default_reward(self) -> RewardFunction:
         return NumberPropertyReward()
@@ -163,11 +163,6 @@ class NumbersWithPropertyTask(Task):
             "could not draw a range with enough solutions; widen the ranges or lower min_solutions"
         )
 
-    def examples(self, split: Split) -> list[Example]:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if split not in self._cache:
-            rng = random.Random(f"numprop-{self.seed}-{split}")
-            count = self.num_train if split == "train" else self.num_val
-            self._cache[split] = [self._make(rng, split, i) for i in range(count)]
-        return list(self._cache[split])
+    def generate(self, split: Split) -> list[Example]:
+        rng = random.Random(f"numprop-{self.seed}-{split}")
+        return [self._make(rng, split, i) for i in range(self.count(split))]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 
-from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
+from epr_lightning.tasks.base import Example, RewardFunction, Split
+from epr_lightning.tasks.generated import GeneratedTask
 
 
 class CharacterFractionReward(RewardFunction):
@@ -48,7 +49,7 @@ class CharacterFractionReward(RewardFunction):
         return chars[0] if chars else None
 
 
-class CharacterTask(Task):
+class CharacterTask(GeneratedTask):
     """Prompts like ``"Write digits: 4821"``; the reward is the fraction of target characters written.
 
     Prompts are generated from ``random.Random(f"{seed}-{split}")``: the same arguments give the same prompts on
@@ -76,31 +77,24 @@ class CharacterTask(Task):
         reward: RewardFunction | None = None,
         system_prompt: str | None = None,
     ) -> None:
-        super().__init__(reward=reward, system_prompt=system_prompt)
+        super().__init__(num_train, num_val, seed, reward=reward, system_prompt=system_prompt)
         if not target_chars:
             raise ValueError("CharacterTask.target_chars must be a non-empty string")
         if not instruction.strip():
             raise ValueError("CharacterTask.instruction must not be empty")
-        if suffix_len < 0 or num_train < 0 or num_val < 0:
-            raise ValueError(
-                f"CharacterTask.suffix_len/num_train/num_val must be >= 0, got {suffix_len}/{num_train}/{num_val}"
-            )
+        if suffix_len < 0:
+            raise ValueError(f"CharacterTask.suffix_len must be >= 0, got {suffix_len}")
         self.target_chars = target_chars
         self.instruction = instruction
         self.suffix_len = suffix_len
-        self.num_train, self.num_val = num_train, num_val
-        self.seed = seed
 
     def default_reward(self) -> RewardFunction:
         return CharacterFractionReward(self.target_chars)
 
-    def examples(self, split: Split) -> list[Example]:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    def generate(self, split: Split) -> list[Example]:
         rng = random.Random(f"{self.seed}-{split}")
-        n = self.num_train if split == "train" else self.num_val
         out = []
-        for i in range(n):
+        for i in range(self.count(split)):
             suffix = "".join(rng.choice(self.target_chars) for _ in range(self.suffix_len))
             prompt = f"{self.instruction} {suffix}" if suffix else self.instruction
             out.append(Example(id=f"chars-{split}-{i}", prompt=prompt, answer=None))
