@@ -95,8 +95,9 @@ def test_validation_runs_before_the_first_update(tmp_path):
 
 
 def test_first_on_policy_ratio_is_exactly_one(tmp_path):
-    # Two epochs: pi_old comes from a separate no-grad pass; on the first minibatch nothing has been
-    # updated yet, so every ratio must be exactly 1 (fp32 end to end).
+    # pi_old of the first minibatch is its own gradient pass (detached); a no-grad pass before the first step gives
+    # pi_old of the other rows. Nothing has been updated when either runs, so the no-grad pass must agree exactly
+    # with a gradient pass over the same tokens: every ratio exactly 1 (fp32 end to end).
     from epr_lightning.cli import build_cli
 
     cli = build_cli(
