@@ -25,34 +25,16 @@ def due_record(outputs: Any, every_n: int) -> StepRecord | None:
     return None if record is None or record.iteration % every_n else record
 
 
-def logged_by_module(trainer: pl.Trainer, record: StepRecord, name: str) -> bool:
-    """True when the module already logged ``name`` this iteration (so a callback must not log it twice).
+def log_scalars(pl_module: pl.LightningModule, values: dict[str, float]) -> None:
+    """``pl_module.log`` each finite value on_step.
 
-    Looks at ``record.metrics`` and at the keys ``training_step`` logged in the trainer's result collection.
+    Every metric has one owner: a callback logs only names of its own, never one that ``RLModule.log_iteration``
+    logs (``policy/entropy`` and ``policy/entropy_mc`` are the module's; see ``EntropyTracker``).
     """
-    if name in record.metrics:
-        return True
-    results = getattr(trainer, "_results", None)
-    try:
-        return results is not None and f"training_step.{name}" in results
-    except TypeError:
-        return False
-
-
-def log_scalars(
-    pl_module: pl.LightningModule,
-    record: StepRecord,
-    values: dict[str, float],
-    prog_bar: tuple[str, ...] = (),
-) -> None:
-    """``pl_module.log`` each finite value on_step, skipping names the module already logged this step."""
-    trainer = pl_module.trainer
     for name, value in values.items():
-        if value is None or not math.isfinite(float(value)) or logged_by_module(trainer, record, name):
+        if value is None or not math.isfinite(float(value)):
             continue
-        pl_module.log(
-            name, torch.tensor(float(value)), on_step=True, on_epoch=False, prog_bar=name in prog_bar
-        )
+        pl_module.log(name, torch.tensor(float(value)), on_step=True, on_epoch=False)
 
 
 def tensorboard_writer(trainer: pl.Trainer) -> Any | None:

@@ -160,7 +160,7 @@ class DiversityMonitor(pl.Callback):
         emb = self.embedding_distance(record, pl_module.device)
         if emb is not None:
             values["diversity/embedding_distance"] = emb
-        log_scalars(pl_module, record, values)
+        log_scalars(pl_module, values)
 
     def embedding_distance(self, record: StepRecord, device: torch.device | str) -> float | None:
         """Mean over groups (all ranks) of the mean pairwise cosine distance; None when disabled/unavailable."""

@@ -131,7 +131,7 @@ class EntropyDynamics(pl.Callback):
             self.agree += int((pred > 0) == (meas > 0))
         if self.compared:
             values["dynamics/sign_agreement"] = self.agree / self.compared
-        log_scalars(pl_module, record, values)
+        log_scalars(pl_module, values)
 
 
 def _slice_record(record: StepRecord, rows: slice) -> StepRecord:

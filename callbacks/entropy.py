@@ -4,9 +4,9 @@ Reads ``StepRecord.entropy`` (exact full-vocab entropy of π_old per token, fp32
 completion tokens (``loss_mask``). Sums and counts are all-reduced across ranks, so the token means are exact
 over the global batch; quantiles and the histogram use this rank's tokens only (rank 0 is what is logged).
 
-Logged each iteration (``policy/…``):
-- ``entropy`` (exact token mean) and ``entropy_mc`` (mean −log π_old of the sampled tokens), unless the module
-  already logged them;
+Logged each iteration (``policy/…``). Not among them: ``policy/entropy`` (exact token mean) and
+``policy/entropy_mc`` (mean −log π_old of the sampled tokens), which ``RLModule.log_iteration`` owns and logs
+once per step (``MODULE_OWNED``); the tracker uses its all-reduced token mean H only for the state below.
 - ``entropy_q10`` / ``entropy_q50`` / ``entropy_q90`` (per-token quantiles);
 - ``entropy_pos_A_B``: mean entropy of completion tokens at positions [A, B) within the completion
   (the last bucket is ``…_A_inf``);
@@ -33,6 +33,8 @@ from epr_lightning.record import StepRecord
 from ._logging import get_record, log_scalars, tensorboard_writer
 
 _QUANTILE_LIMIT = 1 << 24
+#: ``policy/`` names the module owns (``RLModule.log_iteration``): computed here, never logged here.
+MODULE_OWNED = ("entropy", "entropy_mc")
 
 
 def completion_positions(loss_mask: Tensor) -> Tensor:
@@ -198,10 +200,10 @@ class EntropyTracker(pl.Callback):
         stats = summarize_sums(all_reduce(sums, "sum", pl_module.device), self.position_buckets)
         if not stats:
             return
-        values = {f"policy/{k}": v for k, v in stats.items()}
+        values = {f"policy/{k}": v for k, v in stats.items() if k not in MODULE_OWNED}
         values.update({f"policy/{k}": v for k, v in token_quantiles(token_h, self.quantiles).items()})
         values.update({f"policy/{k}": v for k, v in self.update_state(stats["entropy"]).items()})
-        log_scalars(pl_module, record, values, prog_bar=("policy/entropy",))
+        log_scalars(pl_module, values)
         self._histogram(trainer, record.iteration, token_h)
 
     def update_state(self, entropy: float) -> dict[str, float]:

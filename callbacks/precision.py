@@ -113,7 +113,7 @@ class PrecisionAudit(pl.Callback):
         values = self.audit(
             record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device
         )
-        log_scalars(pl_module, record, values)
+        log_scalars(pl_module, values)
 
     def audit(
         self, old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, seed: int, device: Any = None

@@ -216,10 +216,10 @@ def expected_callback_values(datas: list[dict]) -> dict[str, float]:
     texts = [[d["completions"][i] for i in rows] for d, rows in groups]
     pass1 = [sum(d["correct"][i] for i in rows) / len(rows) for d, rows in groups]
     return {
-        "policy/entropy": sum(tokens) / n,
+        # policy/entropy is the module's; after one iteration the tracker's cumulative H is that global mean
+        "policy/entropy_cumulative": sum(tokens) / n,
         "policy/entropy_pos_0_2": sum(early) / len(early),
         "policy/entropy_pos_2_inf": sum(late) / len(late),
-        "policy/entropy_mc": (-SAMPLER_LOGP * n - sum(shifts)) / n,  # −old = 0.5 − d on the shifted tokens
         "diversity/distinct_1": sum(distinct_n(t, 1) for t in texts) / len(texts),
         "diversity/unique_ratio": sum(unique_ratio(t) for t in texts) / len(texts),
         "rollout/pass@1": sum(pass1) / len(pass1),
@@ -253,7 +253,7 @@ def test_monitor_callbacks_reduce_unequal_ranks_globally(tmp_path):
 
     expected = expected_callback_values(RANK_DATA)
     # by hand: 25.1 entropy over 6 + 13 tokens; rank means 14/6 and 11.1/13 would average to 1.594
-    assert expected["policy/entropy"] == pytest.approx(25.1 / 19)
+    assert expected["policy/entropy_cumulative"] == pytest.approx(25.1 / 19)
     assert expected["diversity/distinct_1"] == pytest.approx((1 + 1 / 4 + 1 + 3 / 5) / 4)
     assert expected["rollout/pass@1"] == pytest.approx((1 + 1 / 2 + 0 + 1) / 4)
     per_rank = [expected_callback_values([d]) for d in RANK_DATA]

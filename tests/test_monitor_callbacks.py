@@ -8,6 +8,8 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
 from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
 from epr_lightning.callbacks.diversity import (
     diversity_metrics,
@@ -17,8 +19,6 @@ from epr_lightning.callbacks.diversity import (
 from epr_lightning.callbacks.entropy import completion_positions, entropy_summary
 from epr_lightning.callbacks.precision import bf16_rounding_effect, sample_tokens
 from epr_lightning.callbacks.samples import format_samples
-from lightning.pytorch.loggers import TensorBoardLogger
-
 from epr_lightning.record import StepRecord
 
 # Completion-token entropies per row (prompt = first 2 positions, then completion, then padding).
@@ -145,7 +145,8 @@ def test_entropy_tracker_logs_change_cumulative_forking_and_collapse(tmp_path):
     collapse_msgs = [w for w in caught if "Entropy collapse" in str(w.message)]
     assert len(collapse_msgs) == 1  # warned once, at iteration 2
 
-    assert [s["policy/entropy"] for s in steps] == pytest.approx([1.85, 0.74, 0.74, 1.85])
+    # policy/entropy and policy/entropy_mc are the module's (RLModule.log_iteration); the level shows here
+    assert not {"policy/entropy", "policy/entropy_mc"} & {k for s in steps for k in s}
     assert [s["policy/entropy_change_pct"] for s in steps] == pytest.approx([0.0, -60.0, -60.0, 0.0])
     assert [s["policy/entropy_cumulative"] for s in steps] == pytest.approx([1.85, 2.59, 3.33, 5.18])
     assert [s["policy/collapse_warning"] for s in steps] == [0.0, 0.0, 1.0, 0.0]
@@ -378,14 +379,26 @@ def test_format_samples_and_sample_logger(tmp_path):
 
 
 class LoggingToyModule(ToyModule):
-    """Logs its own policy/entropy (as the real module does), which the tracker must not overwrite."""
+    """Logs its own policy/entropy and policy/entropy_mc (as RLModule.log_iteration does) and counts every
+    ``log`` call by name and step, its callbacks' included."""
+
+    def __init__(self, records: list[StepRecord]) -> None:
+        super().__init__(records)
+        self.calls: list[tuple[int, str]] = []
+        self.step = 0
+
+    def log(self, name, value, *args, **kwargs):
+        self.calls.append((self.step, name))
+        super().log(name, value, *args, **kwargs)
 
     def training_step(self, batch, batch_idx):
+        self.step = batch_idx
         self.log("policy/entropy", torch.tensor(123.0), on_step=True)
+        self.log("policy/entropy_mc", torch.tensor(7.0), on_step=True)
         return super().training_step(batch, batch_idx)
 
 
-def test_tracker_does_not_overwrite_what_the_module_logged():
+def test_the_module_owns_policy_entropy_and_the_tracker_never_logs_it():
     tracker = EntropyTracker(position_buckets=(0, 2))
     recorder = MetricsRecorder()
     trainer = pl.Trainer(
@@ -397,9 +410,56 @@ def test_tracker_does_not_overwrite_what_the_module_logged():
         enable_model_summary=False,
         callbacks=[tracker, recorder],
     )
-    trainer.fit(LoggingToyModule([make_record(0), make_record(1, 0.4)]))
+    module = LoggingToyModule([make_record(0), make_record(1, 0.4)])
+    trainer.fit(module)
     assert [s["policy/entropy"] for s in recorder.steps] == [123.0, 123.0]
+    assert [s["policy/entropy_mc"] for s in recorder.steps] == [7.0, 7.0]
+    for step in (0, 1):
+        assert (
+            module.calls.count((step, "policy/entropy"))
+            == module.calls.count((step, "policy/entropy_mc"))
+            == 1
+        )
+    assert len(module.calls) == len(set(module.calls))  # no name logged twice in a step
     assert recorder.steps[1]["policy/entropy_cumulative"] == pytest.approx(2.59)  # still tracked internally
-    assert recorder.steps[1]["policy/entropy_mc"] == pytest.approx(
-        0.5
-    )  # not logged by the module: logged here
+
+
+def test_policy_entropy_is_logged_once_per_step_with_the_record_s_value(tmp_path):
+    """A real tiny run with the default monitors: every metric name is logged once per iteration, by one owner,
+    and policy/entropy is the exact token mean of the iteration's record."""
+    from pathlib import Path
+
+    from epr_lightning.cli import build_cli
+
+    root = Path(__file__).resolve().parents[1]
+    cli = build_cli(
+        ["--config", str(root / "configs/tiny_cpu.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
+         "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0"],
+        run=False,
+    )  # fmt: skip
+    module, step, calls, records = cli.model, [0], [], []
+    original = module.log
+
+    def spy(name, value, *args, **kwargs):
+        calls.append((step[0], name, float(value)))
+        original(name, value, *args, **kwargs)
+
+    class Mark(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            step[0] = batch_idx
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            records.append(outputs["record"])
+
+    module.log = spy
+    cli.trainer.callbacks.append(Mark())
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    assert len(records) == 2 and any(name.startswith("diversity/") for _, name, _ in calls)  # monitors ran
+    names = [(i, name) for i, name, _ in calls]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    for i, record in enumerate(records):
+        logged = [v for j, name, v in calls if (j, name) == (i, "policy/entropy")]
+        assert logged == [pytest.approx(record.token_mean_entropy(), rel=1e-6)]
+        assert [v for j, name, v in calls if (j, name) == (i, "policy/entropy_mc")] == [
+            pytest.approx(record.mc_entropy(), rel=1e-6)
+        ]
