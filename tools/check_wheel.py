@@ -47,14 +47,14 @@ NOT_COPIED = (
 )
 
 
-def expected_files() -> set[str]:
-    """The paths (inside the wheel) of every module, typing marker and shipped config of the source tree."""
+def expected_files(root: Path = ROOT) -> set[str]:
+    """The paths (inside the wheel) of every module, typing marker and shipped config of the tree at ``root``."""
     found = set()
     for folder, target in INSTALLED_AS.items():
         for pattern in SHIPPED[folder]:
-            for path in (ROOT / folder).rglob(pattern):
+            for path in (root / folder).rglob(pattern):
                 if "__pycache__" not in path.parts:
-                    found.add(f"{target}/{path.relative_to(ROOT / folder).as_posix()}")
+                    found.add(f"{target}/{path.relative_to(root / folder).as_posix()}")
     return found
 
 
@@ -82,10 +82,10 @@ def build_wheel(dest: Path) -> Path:
 
 
 def missing_from(wheel: Path) -> list[str]:
-    """Source files the wheel lacks (empty when packaging is complete)."""
+    """Files of the tree the wheel was built from (its clean copy beside it) that the wheel lacks."""
     with zipfile.ZipFile(wheel) as zf:
         inside = set(zf.namelist())
-    return sorted(expected_files() - inside)
+    return sorted(expected_files(wheel.parent / "src") - inside)
 
 
 def _run(cmd: list[str], *, cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
@@ -114,10 +114,10 @@ print(f"imported {len(names)} modules from {home}")
 """
 
 
-def source_modules() -> list[str]:
-    """Dotted names of the package's modules in the source tree (what the installed package must offer)."""
+def source_modules(root: Path) -> list[str]:
+    """Dotted names of the package's modules in the tree at ``root`` (what the installed package must offer)."""
     names = []
-    for path in expected_files():
+    for path in expected_files(root):
         if path.endswith(".py") and not path.startswith("epr_lightning/configs/"):
             parts = path[: -len(".py")].split("/")
             if parts[-1] == "__init__":
@@ -141,14 +141,17 @@ def check_installed(wheel: Path, tmp: Path) -> None:
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["EPR_CACHE"] = str(tmp / "cache")  # convert the packaged model afresh, with the wheel's dependencies only
+    env["EPR_CACHE"] = str(
+        tmp / "cache"
+    )  # convert the packaged model afresh, with the wheel's dependencies only
     cli = str(venv / "bin" / "epr-lightning")
     _run([cli, "--help"], cwd=work, what="print the CLI's help", env=env)
     listed = _run([cli, "configs"], cwd=work, what="list the packaged configs", env=env)
     for name in ("demo", "tiny_cpu", "method/repo_r", "lab/base", "task/countdown", "scale/gpu1_sglang"):
         if name not in listed.split():
             raise SystemExit(f"check_wheel: `epr-lightning configs` does not list {name!r}:\n{listed}")
-    _run([py, "-c", IMPORT_ALL, ",".join(source_modules())], cwd=work, what="import every module", env=env)
+    modules = ",".join(source_modules(wheel.parent / "src"))
+    _run([py, "-c", IMPORT_ALL, modules], cwd=work, what="import every module", env=env)
     tiny = ["--config", "tiny_cpu", "--config", "method/repo_r", "--data.init_args.batches_per_epoch", "1"]
     _run([cli, "fit", *tiny], cwd=work, what="fit the tiny model one iteration", env=env)
     ckpt = work / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
@@ -178,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"check_wheel: the wheel lacks {len(missing)} source files: {missing}", file=sys.stderr)
             return 1
-        print(f"check_wheel: {wheel.name} has all {len(expected_files())} source files", flush=True)
+        print(
+            f"check_wheel: {wheel.name} has all {len(expected_files(tmp / 'src'))} source files", flush=True
+        )
         if not args.contents:
             check_installed(wheel, tmp)
             print("check_wheel: the installed wheel works from an empty directory", flush=True)
