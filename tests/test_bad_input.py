@@ -53,8 +53,8 @@ def one_line_error(code: int, err: str, *needles: str) -> str:
 def jsonl_task(path: Path, **init: str) -> list[str]:
     args = [
         "--data.init_args.task",
-        "epr_lightning.tasks.JSONLTask",
-        "--data.init_args.task.init_args.path",
+        "epr_lightning.tasks.DatasetTask",
+        "--data.init_args.task.init_args.data_files",
         str(path),
     ]
     for key, value in init.items():
@@ -77,14 +77,14 @@ def test_missing_field_names_file_line_and_field(tmp_path: Path, capsys: pytest.
     data = tmp_path / "missing.jsonl"
     data.write_text(GOOD + '{"question": "What is 2 + 2?", "answer": "4"}\n')
     code, err = run_main(tmp_path, capsys, *jsonl_task(data))
-    one_line_error(code, err, f"{data}:2", "missing field 'prompt'")
+    one_line_error(code, err, f"{data} row 1", "column 'prompt' (the prompt_column) is empty")
 
 
 def test_empty_prompt_errors_or_is_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "empty.jsonl"
     data.write_text(GOOD * 4 + '{"prompt": "   ", "answer": "1"}\n' + GOOD * 4)
     code, err = run_main(tmp_path, capsys, *jsonl_task(data))
-    one_line_error(code, err, f"{data}:5", "'prompt' is empty")
+    one_line_error(code, err, f"{data} row 4", "the prompt is empty")
 
     cli = build_cli(base_args(tmp_path, *jsonl_task(data, on_empty_prompt="skip")), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -109,7 +109,7 @@ def test_long_prompts_are_skipped_and_counted_or_rejected(
     code, err = run_main(
         tmp_path, capsys, *jsonl_task(data), *limit, "--model.init_args.long_prompts", "error"
     )
-    one_line_error(code, err, "example 'long:2'", "> model.max_prompt_tokens=100")
+    one_line_error(code, err, "example 'train:1'", "> model.max_prompt_tokens=100")
 
 
 def test_prompt_longer_than_the_model_context_is_caught_without_max_prompt_tokens(
@@ -126,7 +126,7 @@ def test_prompt_longer_than_the_model_context_is_caught_without_max_prompt_token
         "--model.init_args.long_prompts",
         "error",
     )
-    one_line_error(code, err, "example 'huge:1'", "the model context 512 - sampling.max_new_tokens=12 = 500")
+    one_line_error(code, err, "example 'train:0'", "the model context 512 - sampling.max_new_tokens=12 = 500")
 
 
 # ---------------------------------------------------------------------------------------------- config values

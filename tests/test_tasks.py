@@ -15,10 +15,10 @@ from epr_lightning.tasks import (
     CharacterTask,
     CountdownReward,
     CountdownTask,
+    DatasetTask,
     ExactAnswerReward,
     Example,
     ExpressionError,
-    JSONLTask,
     NumberPropertyReward,
     NumbersWithPropertyTask,
     Task,
@@ -332,6 +332,7 @@ def test_generated_tasks_share_counts_seed_splits_and_checks(cls):
 
 
 # -------------------------------------------------------------------------------------------- JSONL
+# (read by DatasetTask, which replaced JSONLTask)
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -339,15 +340,16 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_jsonl_reads_fields_and_splits(tmp_path):
+def test_jsonl_reads_fields_and_holds_out_a_seeded_split(tmp_path):
     lines = [json.dumps({"q": f"What is {i} + 1?", "a": i + 1, "src": "gen"}) for i in range(10)]
     path = _write(tmp_path / "d.jsonl", lines[:5] + [""] + lines[5:])  # a blank line is ignored
-    task = JSONLTask(str(path), prompt_field="q", answer_field="a", val_fraction=0.2)
+    task = DatasetTask(str(path), prompt_column="q", answer_column="a", val_fraction=0.2)
     train, val = task.examples("train"), task.examples("val")
     assert len(train) == 8 and len(val) == 2
-    assert train[0] == Example(id="d:1", prompt="What is 0 + 1?", answer="1", meta={"src": "gen"})
-    assert val[-1].id == "d:11" and val[-1].answer == "10"
-    assert task.reward(val[-1], "Answer: 10") == 1.0
+    every = sorted(train + val, key=lambda e: int(e.id.split(":")[1]))
+    assert every[0] == Example(id="train:0", prompt="What is 0 + 1?", answer="1", meta={"a": 1, "src": "gen"})
+    assert [e.answer for e in every] == [str(i + 1) for i in range(10)]
+    assert all(task.reward(e, f"Answer: {e.answer}") == 1.0 for e in val)
 
 
 @pytest.mark.parametrize(
@@ -355,46 +357,46 @@ def test_jsonl_reads_fields_and_splits(tmp_path):
     [
         ('{"prompt": "hi", "answer": 1', "bad.jsonl:2: malformed JSON"),
         ("[1, 2]", "bad.jsonl:2: expected a JSON object"),
-        ('{"answer": 1}', "bad.jsonl:2: missing field 'prompt'"),
-        ('{"prompt": "hi"}', "bad.jsonl:2: missing field 'answer'"),
-        ('{"prompt": 5, "answer": 1}', "bad.jsonl:2: field 'prompt' must be a string"),
-        ('{"prompt": "  ", "answer": 1}', "bad.jsonl:2: field 'prompt' is empty"),
+        ('{"answer": 1}', "bad.jsonl row 1: column 'prompt' \\(the prompt_column\\) is empty"),
+        ('{"prompt": "hi"}', "bad.jsonl row 1: column 'answer' \\(the answer_column\\) is empty"),
+        ('{"prompt": 5, "answer": 1}', "bad.jsonl row 1: column 'prompt' must be a text"),
+        ('{"prompt": "  ", "answer": 1}', "bad.jsonl row 1: the prompt is empty"),
     ],
 )
-def test_jsonl_errors_name_file_line_and_field(tmp_path, line, message):
+def test_jsonl_errors_name_file_row_and_column(tmp_path, line, message):
     path = _write(tmp_path / "bad.jsonl", ['{"prompt": "ok", "answer": 1}', line])
     with pytest.raises(ValueError, match=message):
-        JSONLTask(str(path)).examples("train")
+        DatasetTask(str(path)).examples("train")
 
 
 def test_jsonl_skip_empty_prompts_is_counted(tmp_path):
     path = _write(tmp_path / "e.jsonl", ['{"prompt": "", "answer": 1}', '{"prompt": "x", "answer": 2}'])
-    task = JSONLTask(str(path), on_empty_prompt="skip")
+    task = DatasetTask(str(path), on_empty_prompt="skip")
     assert [e.prompt for e in task.examples("train")] == ["x"]
     assert task.skipped_empty == 1
 
 
-def test_jsonl_id_field_and_duplicates(tmp_path):
+def test_jsonl_id_column_and_duplicates(tmp_path):
     path = _write(
         tmp_path / "i.jsonl", ['{"id": "a", "prompt": "x", "answer": 1}', '{"prompt": "y", "answer": 2}']
     )
-    with pytest.raises(ValueError, match="i.jsonl:2: missing field 'id'"):
-        JSONLTask(str(path), id_field="id").examples("train")
+    with pytest.raises(ValueError, match="i.jsonl row 1: column 'id' \\(the id_column\\) is empty"):
+        DatasetTask(str(path), id_column="id").examples("train")
     path = _write(
         tmp_path / "j.jsonl",
         ['{"id": "a", "prompt": "x", "answer": 1}', '{"id": "a", "prompt": "y", "answer": 2}'],
     )
-    with pytest.raises(ValueError, match="j.jsonl:2: duplicate id 'a'"):
-        JSONLTask(str(path), id_field="id").examples("train")
+    with pytest.raises(ValueError, match="j.jsonl row 1: duplicate id 'a'"):
+        DatasetTask(str(path), id_column="id").examples("train")
 
 
 def test_jsonl_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        JSONLTask(str(tmp_path / "nope.jsonl")).examples("train")
-    with pytest.raises(ValueError, match="val_path or val_fraction"):
-        JSONLTask("x.jsonl", val_path="y.jsonl", val_fraction=0.1)
+        DatasetTask(str(tmp_path / "nope.jsonl")).examples("train")
+    with pytest.raises(ValueError, match="val_split or a held-out val_fraction"):
+        DatasetTask({"train": "x.jsonl", "validation": "y.jsonl"}, val_split="validation", val_fraction=0.1)
     with pytest.raises(ValueError, match="on_empty_prompt"):
-        JSONLTask("x.jsonl", on_empty_prompt="ignore")  # type: ignore[arg-type]
+        DatasetTask("x.jsonl", on_empty_prompt="ignore")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- configs

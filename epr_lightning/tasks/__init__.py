@@ -17,7 +17,6 @@ from epr_lightning.tasks.expressions import (
     parse_expression,
     safe_eval,
 )
-from epr_lightning.tasks.jsonl import JSONLTask, read_jsonl_examples
 from epr_lightning.tasks.math_reward import MathAnswerReward
 from epr_lightning.tasks.property_numbers import NumberPropertyReward, NumbersWithPropertyTask
 from epr_lightning.tasks.scoring import ScoreResult, score_completions
@@ -35,7 +34,6 @@ __all__ = [
     "ExactAnswerReward",
     "ExpressionError",
     "ExpressionLimits",
-    "JSONLTask",
     "MathAnswerReward",
     "NumberPropertyReward",
     "NumbersWithPropertyTask",
@@ -49,7 +47,6 @@ __all__ = [
     "extract_final_answer",
     "extract_number",
     "parse_expression",
-    "read_jsonl_examples",
     "safe_eval",
     "score_completions",
 ]

@@ -40,7 +40,8 @@ def _check_exists(files: dict[str, list[str]]) -> None:
 
 
 def _first_bad_json_line(files: dict[str, list[str]]) -> str | None:
-    """``file:line: malformed JSON: …`` for the first line of a JSON Lines file that does not parse."""
+    """``file:line: malformed JSON: …`` for the first line of a JSON Lines file that does not parse (or
+    ``file:line: expected a JSON object`` for the first that is not an object)."""
     for paths in files.values():
         for pattern in paths:
             for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
@@ -48,9 +49,11 @@ def _first_bad_json_line(files: dict[str, list[str]]) -> str | None:
                     for lineno, line in enumerate(handle, start=1):
                         if line.strip():
                             try:
-                                json.loads(line)
+                                record = json.loads(line)
                             except json.JSONDecodeError as err:
                                 return f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})"
+                            if not isinstance(record, dict):
+                                return f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
     return None
 
 
@@ -201,6 +204,8 @@ class DatasetTask(Task):
                 raise ValueError(f"{where}: task.prompt_template: {type(err).__name__}: {err}") from None
         else:
             prompt = row[self.prompt_column]
+            if prompt is None:  # e.g. a JSON Lines row without the key
+                raise ValueError(f"{where}: column {self.prompt_column!r} (the prompt_column) is empty")
             if isinstance(prompt, list):
                 messages = _messages(prompt, where)
                 users = [m["content"] for m in messages if m["role"] == "user"]
@@ -217,6 +222,8 @@ class DatasetTask(Task):
             if row[self.answer_column] is None:
                 raise ValueError(f"{where}: column {self.answer_column!r} (the answer_column) is empty")
             answer = str(row[self.answer_column])
+        if self.id_column is not None and row[self.id_column] is None:
+            raise ValueError(f"{where}: column {self.id_column!r} (the id_column) is empty")
         ex_id = str(row[self.id_column]) if self.id_column is not None else f"{split}:{index}"
         if ex_id in seen:
             raise ValueError(f"{where}: duplicate id {ex_id!r} (first seen in row {seen[ex_id]})")
