@@ -31,6 +31,15 @@ def tiny_model(tiny_tokenizer):
     )
 
 
+def randomize_adapters(model: torch.nn.Module, seed: int = 0) -> None:
+    """peft initialises B = 0 (a no-op adapter); give every adapter weight a random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
 def load_tool(name: str):
     """Import ``tools/<name>.py`` (the tools are scripts, not a package)."""
     path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"

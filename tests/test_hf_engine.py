@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from conftest import randomize_adapters
 
 from epr_lightning.logprobs import token_logprobs_and_entropy
 from epr_lightning.models import encode_prompts
@@ -131,26 +133,77 @@ def test_top_p_truncates_sampling_but_logprobs_stay_full_vocabulary_and_no_logit
     assert m.sum() >= 20
 
 
+def _shared_and_separate(model, tokenizer, prompts, params, num_samples, generation_batch_size=None):
+    """The same call with and without shared prompt prefill: (shared, separate) rollouts and the rows each
+    prefill ran on (one entry per ``generate`` batch)."""
+    rows: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None
+    )
+    out = []
+    try:
+        for share in (True, False):
+            engine = HFEngine(generation_batch_size=generation_batch_size, share_prompt_prefill=share)
+            engine.setup(model, tokenizer)
+            out.append((engine.generate(prompts, params, num_samples, model=model), list(rows)))
+            rows.clear()
+    finally:
+        hook.remove()
+    (shared, shared_rows), (separate, separate_rows) = out
+    assert shared.completion_ids == separate.completion_ids
+    assert shared.group_index == separate.group_index and shared.prompt_ids == separate.prompt_ids
+    for a, b in zip(shared.sampler_logprobs, separate.sampler_logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    # and the tokens' log-probs are the trainer's (the cache was gathered to the right rows)
+    assert_sampler_logprobs_are_the_trainers(shared, model, tokenizer, params.temperature)
+    return shared, separate, shared_rows, separate_rows
+
+
 def test_shared_prompt_prefill_runs_each_prompt_once_and_samples_the_same(tiny_model, tiny_tokenizer):
     # two prompts of different lengths (left padding) x 4 samples: the prefill runs on 2 rows, not 8
     prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
     params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=5)
-    rows: list[int] = []
-    hook = tiny_model.get_input_embeddings().register_forward_hook(
-        lambda module, args, out: rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None
+    _, _, shared_rows, separate_rows = _shared_and_separate(tiny_model, tiny_tokenizer, prompts, params, 4)
+    assert separate_rows == [8]  # one prefill of every row
+    assert shared_rows == [2]  # one prefill of each distinct prompt
+
+
+def test_shared_prompt_prefill_with_a_group_split_across_generation_batches(tiny_model, tiny_tokenizer):
+    # 2 prompts x 4 samples in batches of 3 rows: [p0 p0 p0] [p0 p1 p1] [p1 p1]; the middle batch mixes the end
+    # of group 0 with the start of group 1 (two prompt lengths, so different left padding)
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=6)
+    shared, _, shared_rows, separate_rows = _shared_and_separate(
+        tiny_model, tiny_tokenizer, prompts, params, 4, generation_batch_size=3
     )
-    try:
-        separate = HFEngine(share_prompt_prefill=False)
-        separate.setup(tiny_model, tiny_tokenizer)
-        plain = separate.generate(prompts, params, 4, model=tiny_model)
-        assert rows == [8]  # one prefill of every row
-        rows.clear()
-        shared = _engine(tiny_tokenizer, tiny_model).generate(prompts, params, 4, model=tiny_model)
-        assert rows == [2]  # one prefill of each distinct prompt
-    finally:
-        hook.remove()
-    assert shared.completion_ids == plain.completion_ids
-    for a, b in zip(shared.sampler_logprobs, plain.sampler_logprobs, strict=True):
-        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
-    # and the tokens' log-probs are the trainer's (the cache was gathered to the right rows)
-    assert_sampler_logprobs_are_the_trainers(shared, tiny_model, tiny_tokenizer, 0.7)
+    assert separate_rows == [3, 3, 2] and shared_rows == [1, 2, 1]
+    assert shared.group_index == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_shared_prompt_prefill_with_the_same_prompt_in_two_groups(tiny_model, tiny_tokenizer):
+    # groups 0 and 2 have the same prompt: one prefill row serves both, the groups stay apart
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?", "1+1?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=7)
+    shared, _, shared_rows, separate_rows = _shared_and_separate(
+        tiny_model, tiny_tokenizer, prompts, params, 3
+    )
+    assert separate_rows == [9] and shared_rows == [2]
+    assert shared.group_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert shared.prompt_ids[:3] == shared.prompt_ids[6:] == [prompts[0]] * 3
+    assert shared.completion_ids[:3] != shared.completion_ids[6:]  # the same prompt, sampled afresh
+
+
+def test_shared_prompt_prefill_with_lora(tiny_model, tiny_tokenizer):
+    pytest.importorskip("peft")
+    from epr_lightning.lora import LoRAConfig, apply_lora
+
+    model = apply_lora(tiny_model, LoRAConfig(r=4, alpha=8))
+    randomize_adapters(model, seed=3)  # non-zero adapters: the prefill must run through them
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=5)
+    shared, _, shared_rows, _ = _shared_and_separate(model, tiny_tokenizer, prompts, params, 4)
+    assert shared_rows == [2]
+    with model.disable_adapter():  # the adapters change what is sampled: the comparison above saw them
+        base = HFEngine(share_prompt_prefill=False)
+        base.setup(model, tiny_tokenizer)
+        assert base.generate(prompts, params, 4, model=model).completion_ids != shared.completion_ids

@@ -10,21 +10,14 @@ import torch
 
 pytest.importorskip("peft")
 
+from conftest import randomize_adapters
+
 from epr_lightning.lora import LoRAConfig, apply_lora, iter_merged_weights, merged_state_dict
 from epr_lightning.models import TinyModel
 from epr_lightning.module import RLModule
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def randomize_adapters(model: torch.nn.Module, seed: int = 0) -> None:
-    """peft initialises B = 0 (a no-op adapter); give every adapter weight a random value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def test_only_lora_params_train_in_fp32_on_a_bf16_base(tiny_model: torch.nn.Module) -> None:
