@@ -144,14 +144,14 @@ def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path
             res["series"][lab.ENTROPY] = [1.0] * 4
             cached.write_text(json.dumps(res))
     seq = tool.main([*argv[: argv.index("0.5")], "0.3", *argv[argv.index("0.5") + 1 :]])["sequential"]
-    # first reward >= 0.3: iteration 2 (0.6) after the lab run, iteration 2 (0.3) from the untrained model
-    assert [(r["iters_to_threshold"], r["reached"]) for r in seq] == [(2.0, 1.0), (2.0, 1.0)]
+    # first reward >= 0.3: iteration 1 (0.3) after the lab run, iteration 2 (0.3) from the untrained model
+    assert [(r["iters_to_threshold"], r["reached"]) for r in seq] == [(1.0, 1.0), (2.0, 1.0)]
     assert [r["reward_auc"] for r in seq] == [
         pytest.approx(0.45),
         pytest.approx(0.3),
     ]  # (0.1+.3+.6+.8)/4, 1.2/4
     seq = tool.main([*argv[: argv.index("0.5")], "0.22", *argv[argv.index("0.5") + 1 :]])["sequential"]
-    assert [r["iters_to_threshold"] for r in seq] == [1.0, 1.0]  # 0.3 >= 0.22 ; 0.25 >= 0.22 (0.2 is not)
+    assert [r["iters_to_threshold"] for r in seq] == [1.0, 1.0]  # 0.3 >= 0.22; 0.25 >= 0.22 (0.1, 0.2 are not)
     seq = tool.main([*argv[: argv.index("0.5")], "0.7", *argv[argv.index("0.5") + 1 :]])["sequential"]
     assert seq[0]["iters_to_threshold"] == 3.0 and math.isnan(seq[1]["iters_to_threshold"])
 
