@@ -8,8 +8,7 @@ the next iteration on. Entropy sums are all-reduced, so every DDP rank computes 
 Controllers are usually given to the module (``model.init_args.controllers`` in ``configs/method/*.yaml``), which
 returns them from ``configure_callbacks``: that way a method config never replaces ``trainer.callbacks``.
 The objective alone owns and checkpoints the coefficient; a controller checkpoints only its own state (H*,
-counters) under ``state_key``. A checkpoint written before that split also holds the controller's copy of the
-coefficient: it still loads, and that copy wins (with a warning) where it differs from the objective's.
+counters) under ``state_key``.
 
 Saturation: a bounded knob can run out. When the coefficient has sat at the bound of the direction entropy needs
 (e.g. ADAPO's ε_high at ``eps_high_max`` while H < H*) for ``saturation_patience`` consecutive iterations, the
@@ -98,7 +97,6 @@ class EntropyController(Callback):
         self.last_entropy: float | None = None
         self.last_target: float | None = None
         self._restored = False
-        self._legacy_coef: float | None = None
         self._objective: Any = None
         self._name = ""
 
@@ -149,15 +147,12 @@ class EntropyController(Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._legacy_coef = None if state.get("coef") is None else float(state["coef"])
-        self.initial_entropy = (
-            None if state.get("initial_entropy") is None else float(state["initial_entropy"])
-        )
-        self.updates = int(state.get("updates", 0))
-        self.last_entropy = state.get("last_entropy")
-        self.last_target = state.get("last_target")
-        self.saturated_iterations = int(state.get("saturated_iterations", 0))
-        smoothed = state.get("smoothed_entropy")
+        initial, smoothed = state["initial_entropy"], state["smoothed_entropy"]
+        self.initial_entropy = None if initial is None else float(initial)
+        self.updates = int(state["updates"])
+        self.last_entropy = state["last_entropy"]
+        self.last_target = state["last_target"]
+        self.saturated_iterations = int(state["saturated_iterations"])
         self.smoothed_entropy = None if smoothed is None else float(smoothed)
         self._restored = True
 
@@ -189,13 +184,6 @@ class EntropyController(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         current = self.coef
         if self._restored:  # the objective restored its coefficient itself
-            legacy = self._legacy_coef
-            if legacy is not None and not math.isclose(current, legacy, rel_tol=1e-9, abs_tol=1e-12):
-                rank_zero_warn(
-                    f"{type(self).__name__}: restored {self.coef_name}={legacy!r} (an older checkpoint's controller "
-                    f"copy) differs from the objective's {current!r}; using the controller's value"
-                )
-                self._objective.set_coefficient(self._name, legacy)
             return
         start = self.initial_coef if self.initial_coef is not None else current
         (piece,) = self._objective.coefficient_pieces(self._name)

@@ -246,9 +246,9 @@ class EntropyTracker(pl.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initial_entropy = state_dict.get("initial_entropy")
-        self.forking_threshold = state_dict.get("forking_threshold")
-        self.cumulative = float(state_dict.get("cumulative", 0.0))
-        self.below_count = int(state_dict.get("below_count", 0))
-        self.warned = bool(state_dict.get("warned", False))
-        self.iterations_seen = int(state_dict.get("iterations_seen", 0))
+        self.initial_entropy = state_dict["initial_entropy"]
+        self.forking_threshold = state_dict["forking_threshold"]
+        self.cumulative = float(state_dict["cumulative"])
+        self.below_count = int(state_dict["below_count"])
+        self.warned = bool(state_dict["warned"])
+        self.iterations_seen = int(state_dict["iterations_seen"])

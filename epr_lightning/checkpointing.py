@@ -203,7 +203,7 @@ class RolloutCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A resumed run logs to a new version folder, so with the default dirpath the saved paths belong to
         # the old folder: keep only best_model_path (as Lightning does) without its dirpath-changed warning.
-        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+        if state_dict["dirpath"] == self.dirpath:
             super().load_state_dict(state_dict)
         else:
             self.best_model_path = state_dict["best_model_path"]

@@ -378,9 +378,7 @@ class RLModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("epr")
-        if state is None:
-            return
+        state = checkpoint["epr"]
         self.iteration = int(state["iteration"])
         if self._trainer is None or self.trainer.state.fn == "fit":  # validate works under any method
             try:
@@ -390,13 +388,11 @@ class RLModule(pl.LightningModule):
                     f"{err.args[0]}: resuming training needs the method config the checkpoint was trained with "
                     "(validate works under any)"
                 ) from None
-        if state.get("engine"):
-            self.engine.load_state_dict(state["engine"])
-        self.policy_update.guard.total = int(state.get("nonfinite_total", 0))
-        self.skipped_prompts = int(state.get("skipped_prompts", 0))
-        self.reward_failures.load_state_dict(state.get("reward_failures", {}))
-        if "rng" in state:
-            restore_rng_state(state["rng"])
+        self.engine.load_state_dict(state["engine"])
+        self.policy_update.guard.total = int(state["nonfinite_total"])
+        self.skipped_prompts = int(state["skipped_prompts"])
+        self.reward_failures.load_state_dict(state["reward_failures"])
+        restore_rng_state(state["rng"])
 
     def on_train_start(self) -> None:
         # A resumed or freshly built policy must be what the engine samples from.

@@ -372,19 +372,6 @@ def test_state_round_trip_keeps_one_owner_of_the_coefficient():
     assert fresh_objective.coefficient("zeta") == 8e-3 and fresh.initial_entropy == 2.0  # H* not re-measured
 
 
-def test_a_checkpoint_with_the_controllers_old_copy_still_loads():
-    # before the objective owned its coefficients the controller saved its own copy, which won on disagreement
-    old_state = {"coef": 4e-3, "initial_entropy": 2.0, "updates": 3, "last_entropy": 1.0, "last_target": 2.0}
-    piece = REPOR(zeta=1e-3)
-    ctrl = REPOZetaController()
-    ctrl.load_state_dict(old_state)
-    module = FakeModule(Objective(transforms=[piece]))
-    with pytest.warns(UserWarning, match="differs"):
-        ctrl.setup(None, module, "fit")
-        ctrl.on_train_start(None, module)
-    assert piece.zeta == 4e-3 and "coef" not in ctrl.state_dict()
-
-
 def test_state_keys_distinguish_named_controllers():
     assert REPOZetaController().state_key == "REPOZetaController"
     named = ClipHigherController(name="adapo")

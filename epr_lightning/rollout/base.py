@@ -175,5 +175,4 @@ class RolloutEngine(ABC):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.weight_version = int(state["weight_version"])
-        # older checkpoints of the HF engine name the counter "calls"
-        self.generate_calls = int(state["generate_calls"] if "generate_calls" in state else state["calls"])
+        self.generate_calls = int(state["generate_calls"])
