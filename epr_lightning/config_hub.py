@@ -43,13 +43,15 @@ def short_name(value: str) -> str:
 
 
 def resolve_config(value: str) -> str:
-    """An existing file as given, else the shipped config of that short name; inline YAML is left alone.
+    """An existing file as given, else the shipped config of that short name; absolute paths and inline YAML
+    are left alone.
 
     Raises ``FileNotFoundError`` naming the value and the closest shipped names when it looks like a file
     name but is neither.
     """
-    if Path(value).expanduser().is_file() or not _NAME.match(value):
-        return value
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_absolute() or not _NAME.match(value):
+        return value  # a file, an absolute path (a missing one is reported by the parser) or inline YAML
     shipped = shipped_configs()
     name = short_name(value)
     if name in shipped:

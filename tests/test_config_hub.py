@@ -48,6 +48,8 @@ def test_inline_yaml_is_left_alone_and_unknown_names_say_what_exists(tmp_path, m
     assert resolve_config("{seed_everything: 1}") == "{seed_everything: 1}"
     with pytest.raises(FileNotFoundError, match=r"'method/repo_rr'.*did you mean method/repo_r"):
         resolve_config("method/repo_rr")
+    missing = str(tmp_path / "demo.yaml")  # an absolute path is never a short name
+    assert resolve_config(missing) == missing
 
 
 def test_every_config_flag_form_is_resolved(tmp_path, monkeypatch):
@@ -79,3 +81,8 @@ def test_the_cli_takes_short_names_from_an_empty_directory(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["configs"])
     assert exit_info.value.code == 0 and "tiny_cpu" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", "demoo"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("epr-lightning: error: ") and "'demoo'" in err and "did you mean demo" in err
