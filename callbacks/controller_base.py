@@ -221,10 +221,10 @@ class EntropyController(Callback):
 
     def read(self, rollout_entropy: float) -> float:
         """The entropy the rule compares with H*: this rollout's, or with ``smoothing`` > 0 an exponential moving
-        average ``s·previous + (1 − s)·this rollout`` that starts from the initial entropy. One rollout of a few
-        prompts varies by ±10–20% from prompt noise alone (SmolLM2, 4 prompts × 6 samples); an average over
-        iterations keeps that noise from driving the coefficient, at the cost of a lag of about s/(1 − s)
-        iterations."""
+        average ``s·previous + (1 − s)·this rollout`` that starts from the initial entropy. The entropy of one
+        rollout of a few prompts is noisy from the choice of prompts alone (measured in docs/results.md, "The
+        regime, and why"); an average over iterations keeps that noise from driving the coefficient, at the cost
+        of a lag of about s/(1 − s) iterations."""
         if self.smoothing == 0.0:
             return rollout_entropy
         previous = self.smoothed_entropy if self.smoothed_entropy is not None else self.initial_entropy
@@ -238,8 +238,8 @@ class EntropyController(Callback):
         ``validation`` (the default): the token-mean entropy of the module's iteration-0 validation — held-out
         prompts × ``val_num_generations`` samples, usually several times the data of one rollout — when the run
         validated before its first update; otherwise, and with ``rollout``, the iteration-0 rollout's entropy. One
-        rollout of a few prompts is a noisy reference: its entropy varies by ±10% from batch to batch on SmolLM2
-        (4 prompts × 6 samples), which would set the target that far off for the whole run.
+        rollout of a few prompts is a noisy reference (how noisy: docs/results.md, "The regime, and why"), and
+        its noise would set the target off by as much for the whole run.
         """
         initial = getattr(pl_module, "initial_validation", None) or {}
         if self.initial_entropy_from == "validation" and "val/entropy" in initial:

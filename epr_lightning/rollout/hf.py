@@ -7,8 +7,8 @@ SGLang, computed in fp32 from the raw logits of each step — one step at a time
 
 A group's samples share their prompt: with ``share_prompt_prefill`` (the default) each distinct prompt of a
 ``generate`` call is run through the model once and its key/value cache is copied to the group's rows, instead
-of G identical prefills (SGLang's prefix cache does the same on GPU). On SmolLM2 with 6 samples per prompt the
-prefill was ~40% of a rollout's time on CPU.
+of G identical prefills (SGLang's prefix cache does the same on GPU); what it saves is measured in
+docs/results.md ("The regime, and why").
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class SampledTokenLogProbs(LogitsProcessor):
     It runs first, on the raw logits (temperature and top-p follow it as processors of their own). The token
     sampled at step k is the last input id at step k + 1, so its log-prob is read from step k's distribution
     then; ``finish`` reads the last one. Only one step's distribution is held: keeping every step's logits
-    (``output_logits``) costs batch × steps × vocabulary fp32, 0.3 GB for 32 × 48 tokens of SmolLM2's 49k
-    vocabulary, and turning them into log-probs at the end took three more copies of that size.
+    (``output_logits``) costs batch × steps × vocabulary fp32, and turning them into log-probs at the end takes
+    three more copies of that size.
     """
 
     def __init__(self, temperature: float) -> None:
