@@ -151,7 +151,8 @@ def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path
         pytest.approx(0.3),
     ]  # (0.1+.3+.6+.8)/4, 1.2/4
     seq = tool.main([*argv[: argv.index("0.5")], "0.22", *argv[argv.index("0.5") + 1 :]])["sequential"]
-    assert [r["iters_to_threshold"] for r in seq] == [1.0, 1.0]  # 0.3 >= 0.22; 0.25 >= 0.22 (0.1, 0.2 are not)
+    # 0.3 >= 0.22 after 0.1; 0.25 >= 0.22 after 0.2
+    assert [r["iters_to_threshold"] for r in seq] == [1.0, 1.0]
     seq = tool.main([*argv[: argv.index("0.5")], "0.7", *argv[argv.index("0.5") + 1 :]])["sequential"]
     assert seq[0]["iters_to_threshold"] == 3.0 and math.isnan(seq[1]["iters_to_threshold"])
 
