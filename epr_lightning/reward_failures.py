@@ -196,10 +196,9 @@ class RewardFailureStop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.in_row = int(state.get("in_row", 0))
-        self.streak_start = int(state.get("streak_start", 0))
-        first = state.get("first")
-        self.first = Failure(*first) if first else None
+        self.in_row = int(state["in_row"])
+        self.streak_start = int(state["streak_start"])
+        self.first = Failure(*state["first"]) if state["first"] else None
 
 
 def _warning_text(failure: Failure, iteration: int, max_in_row: int | None) -> str:

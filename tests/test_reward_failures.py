@@ -322,9 +322,9 @@ def test_the_streak_survives_a_resume_through_state_dict() -> None:
     assert (resumed.in_row, resumed.streak_start, resumed.first) == (2, 5, BOOM)
     with pytest.raises(RewardFailureError, match=r"iterations 5-7\); first error: RuntimeError: boom"):
         resumed.observe(4, 4, 7)
-    fresh = RewardFailureStop(3)
-    fresh.load_state_dict({})  # a checkpoint from before this state existed
-    assert (fresh.in_row, fresh.first) == (0, None)
+    clean = RewardFailureStop(3)
+    clean.load_state_dict(RewardFailureStop(3).state_dict())  # no failure yet: nothing to restore
+    assert (clean.in_row, clean.first) == (0, None)
 
 
 def test_a_negative_limit_is_one_clear_error() -> None:
