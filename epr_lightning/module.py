@@ -29,7 +29,7 @@ from epr_lightning.models import (
 from epr_lightning.objectives.objective import Objective
 from epr_lightning.parallel import FSDP2Config, shard_policy
 from epr_lightning.prompts import AdmittedPrompts, admit, check_prompt_settings, prompt_token_limit
-from epr_lightning.record import StepRecord, build_record
+from epr_lightning.record import StepRecord, build_record, rollout_metrics
 from epr_lightning.reward_failures import RewardFailureStop
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, TokenBatch
 from epr_lightning.rollout.episodes import any_rank_active_fn
@@ -327,30 +327,19 @@ class RLModule(pl.LightningModule):
     def log_iteration(
         self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int
     ) -> None:
-        mask = record.loss_mask
-        lengths = mask.sum(dim=1)
         metrics = {
-            "rollout/reward_mean": record.rewards.mean(),
-            "rollout/reward_std": record.rewards.std(unbiased=False),
-            "rollout/accuracy": record.correct.float().mean(),
-            "rollout/completion_len": lengths.mean(),
-            "rollout/truncated_frac": torch.tensor(
-                sum(f == "length" for f in rollout.finish_reason) / len(rollout)
-            ),
-            "rollout/reward_errors": torch.tensor(float(record.reward_errors)),
-            "rollout/skipped_prompts": torch.tensor(float(self.skipped_prompts)),
-            "policy/entropy": torch.tensor(record.token_mean_entropy()),
-            "policy/entropy_mc": torch.tensor(record.mc_entropy()),
-            "train/iteration": torch.tensor(float(self.iteration)),
-            "train/nonfinite_skips": torch.tensor(float(self.nonfinite_total)),
+            **rollout_metrics(record, rollout),
+            "rollout/skipped_prompts": float(self.skipped_prompts),
+            "train/iteration": float(self.iteration),
+            "train/nonfinite_skips": float(self.nonfinite_total),
         }
-        metrics.update({k: torch.as_tensor(v) for k, v in stats.metrics.items()})
-        metrics.update({k: torch.tensor(v) for k, v in self.samples.iteration_metrics(rollout).items()})
+        metrics.update({**stats.metrics, **self.samples.iteration_metrics(rollout)})
         if self.global_rank == 0:
             self.samples.log_sample(self.logger, rollout, self.iteration)
         bar = {"rollout/reward_mean", "policy/entropy"}
         for name, value in metrics.items():
-            self.log(name, value.float(), on_step=True, prog_bar=name in bar, batch_size=num_prompts)
+            logged = torch.as_tensor(value, dtype=torch.float32)
+            self.log(name, logged, on_step=True, prog_bar=name in bar, batch_size=num_prompts)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:

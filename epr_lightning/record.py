@@ -114,3 +114,17 @@ def build_record(
         reward_errors=scores.failures,
         metrics={k: float(v) for k, v in stats.metrics.items()},
     )
+
+
+def rollout_metrics(record: StepRecord, rollout: Rollout) -> dict[str, float]:
+    """The iteration's ``rollout/`` numbers and the policy's entropy (``RLModule`` owns these names)."""
+    return {
+        "rollout/reward_mean": float(record.rewards.mean()),
+        "rollout/reward_std": float(record.rewards.std(unbiased=False)),
+        "rollout/accuracy": float(record.correct.float().mean()),
+        "rollout/completion_len": float(record.loss_mask.sum(dim=1).float().mean()),
+        "rollout/truncated_frac": sum(f == "length" for f in rollout.finish_reason) / len(rollout),
+        "rollout/reward_errors": float(record.reward_errors),
+        "policy/entropy": record.token_mean_entropy(),
+        "policy/entropy_mc": record.mc_entropy(),
+    }
