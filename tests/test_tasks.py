@@ -402,7 +402,10 @@ def test_jsonl_argument_errors(tmp_path):
 # ------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "countdown", "number_property", "jsonl_example"])
+TASK_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
 def test_task_configs_instantiate(name, monkeypatch):
     monkeypatch.chdir(ROOT)  # jsonl_example.yaml uses a path relative to the repository root
     cfg = yaml.safe_load((ROOT / "configs" / "task" / f"{name}.yaml").read_text())
