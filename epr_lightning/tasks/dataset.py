@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -171,6 +172,10 @@ class DatasetTask(Task):
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
         _check_exists(self.files)
+        # the library logs a parse error before raising it, and this error says it once (naming the line)
+        library_log = logging.getLogger("datasets")
+        level = library_log.level
+        library_log.setLevel(logging.CRITICAL)
         try:
             loaded = datasets.load_dataset(self.format, data_files=self.files, cache_dir=self.cache_dir)
         except Exception as err:  # a file that does not parse: say which (and for JSON Lines, which line)
@@ -181,6 +186,8 @@ class DatasetTask(Task):
             first_line = (str(root).strip().splitlines() or [type(root).__name__])[0]
             files = ", ".join(f for fs in self.files.values() for f in fs)
             raise ValueError(located or f"{files}: not readable as {self.format}: {first_line}") from err
+        finally:
+            library_log.setLevel(level)
         needed = ([] if self.prompt_template else [self.prompt_column]) + [self.answer_column, self.id_column]
         rows: dict[str, list[dict[str, Any]]] = {}
         for name, data in loaded.items():
