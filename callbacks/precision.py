@@ -14,6 +14,15 @@ From a ``StepRecord`` (completion tokens only, ``loss_mask``):
   i.e. where rounding alone could cross a PPO clip boundary. This isolates the mechanism; it does not
   measure a real bf16 forward pass (which also rounds inside the network).
 
+With bf16 weights (``model.compute_dtype: bfloat16``, ``epr_lightning/master_weights.py``) the real pass is
+measured too: every ``fp32_check_every_n`` iterations the update also scores each minibatch on the fp32 master
+weights (an extra no-grad fp32 forward), and
+
+- ``policy/clip_decision_diff`` (logged by the update, ``objectives/losses.py: clip_decision_diff``) is the share
+  of tokens whose PPO clip decision differs from the one the fp32 pass gives;
+- ``precision/fp32_logp_absdiff_mean|max``: |log π_old(bf16 compute) − log π_old(fp32 weights)| on completion
+  tokens (also with ``model.logprob_dtype: bfloat16``, whose fp32 log-probs come with every pass).
+
 Means are exact over all ranks (sum/count all-reduce), max/min are global; p99 and the bf16 sample are per rank.
 """
 
@@ -91,29 +100,71 @@ class PrecisionAudit(pl.Callback):
         bf16_sample_tokens: completion tokens (per rank) used for the bf16 rounding simulation (0 = skip it).
         every_n: audit every N iterations.
         clip_eps: PPO clip width for ``precision/bf16_exceed_eps_frac`` (0.2 = ε_low of PPO/DAPO).
+        fp32_check_every_n: with bf16 weights, score the update's minibatches on the fp32 masters too every N
+            iterations (0 = never): ``policy/clip_decision_diff`` and ``precision/fp32_logp_absdiff_*``.
     """
 
-    def __init__(self, bf16_sample_tokens: int = 256, every_n: int = 1, clip_eps: float = 0.2) -> None:
+    def __init__(
+        self,
+        bf16_sample_tokens: int = 256,
+        every_n: int = 1,
+        clip_eps: float = 0.2,
+        fp32_check_every_n: int = 10,
+    ) -> None:
         if bf16_sample_tokens < 0:
             raise ValueError(f"PrecisionAudit.bf16_sample_tokens must be >= 0, got {bf16_sample_tokens}")
         if every_n < 1:
             raise ValueError(f"PrecisionAudit.every_n must be >= 1, got {every_n}")
         if not clip_eps > 0:
             raise ValueError(f"PrecisionAudit.clip_eps must be > 0, got {clip_eps}")
+        if fp32_check_every_n < 0:
+            raise ValueError(f"PrecisionAudit.fp32_check_every_n must be >= 0, got {fp32_check_every_n}")
+        self.fp32_check_every_n = fp32_check_every_n
         self.bf16_sample_tokens = bf16_sample_tokens
         self.every_n = every_n
         self.clip_eps = clip_eps
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        master = getattr(pl_module, "master_weights", None)  # set only when the weights compute in bf16
+        if master is not None:
+            n = self.fp32_check_every_n
+            master.fp32_reference = n > 0 and getattr(pl_module, "iteration", 0) % n == 0
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        master = getattr(pl_module, "master_weights", None)
+        if master is not None:
+            master.fp32_reference = False  # not in validation passes
         record = due_record(outputs, self.every_n)
         if record is None:
             return
         values = self.audit(
             record.old_logp, record.sampler_logp, record.loss_mask, record.iteration, pl_module.device
         )
+        if record.old_logp_fp32 is not None:
+            values.update(
+                self.fp32_gap(record.old_logp, record.old_logp_fp32, record.loss_mask, pl_module.device)
+            )
         log_scalars(pl_module, values)
+
+    @staticmethod
+    def fp32_gap(logp: Tensor, logp_fp32: Tensor, mask: Tensor, device: Any = None) -> dict[str, float]:
+        """``precision/fp32_logp_absdiff_mean|max``: |log π − log π(fp32)| on masked tokens (over all ranks)."""
+        d = (logp.double() - logp_fp32.double())[mask > 0].abs()
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        sums = all_reduce(
+            torch.stack([d.sum(), torch.tensor(float(d.numel()), dtype=torch.float64)]), "sum", device
+        )
+        peak = all_reduce(d.max() if d.numel() else zero, "max", device)
+        if sums[1] == 0:
+            return {}
+        return {
+            "precision/fp32_logp_absdiff_mean": float(sums[0] / sums[1]),
+            "precision/fp32_logp_absdiff_max": float(peak),
+        }
 
     def audit(
         self, old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, seed: int, device: Any = None

@@ -8,6 +8,7 @@ Manual optimization: ``trainer.global_step`` counts optimizer steps; ``self.iter
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +17,9 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from epr_lightning.checkpointing import capture_rng_state, restore_rng_state
-from epr_lightning.logprobs import LogProbDType, PolicyPass, check_logprob_dtype, score_tokens
+from epr_lightning.logprobs import LogProbDType, PolicyPass, score_tokens
 from epr_lightning.lora import LoRAConfig, apply_lora
+from epr_lightning.master_weights import MasterWeights, build_optimizer, scored
 from epr_lightning.models import (
     PackagedSmolLM2,
     PolicySource,
@@ -67,6 +69,8 @@ class RLModule(pl.LightningModule):
         logprob_dtype: ``float32`` (the default, and what the method needs) or ``bfloat16`` — a research switch
             that computes the trainer's logits, log-probs, entropies and so the ratios in bf16, to measure what
             that precision does (``policy/clip_decision_diff`` counts the clip decisions it flips).
+        compute_dtype: ``bfloat16`` = rollouts and updates on bf16 weights, fp32 master weights in the optimizer
+            (``master_weights.py``; keep ``trainer.precision: 32-true``); log-probs/entropies/ratios stay fp32.
         use_chat_template: wrap prompts with the tokenizer's chat template when it has one.
         max_prompt_tokens: prompts longer than this are skipped or rejected (see ``long_prompts``).
         long_prompts: "skip" (count and drop) or "error".
@@ -105,6 +109,7 @@ class RLModule(pl.LightningModule):
         logprob_chunk_size: int = 1024,
         fp32_lm_head: bool = True,
         logprob_dtype: LogProbDType = "float32",
+        compute_dtype: Literal["float32", "bfloat16"] = "float32",
         use_chat_template: bool = True,
         max_prompt_tokens: int | None = None,
         long_prompts: Literal["skip", "error"] = "skip",
@@ -141,8 +146,9 @@ class RLModule(pl.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.logprob_chunk_size = logprob_chunk_size
         self.fp32_lm_head = fp32_lm_head
-        check_logprob_dtype(logprob_dtype)
-        self.logprob_dtype = logprob_dtype
+        MasterWeights.check_settings(compute_dtype, logprob_dtype)
+        self.logprob_dtype, self.compute_dtype = logprob_dtype, compute_dtype
+        self.master_weights: MasterWeights | None = None  # fp32 masters when the weights compute in bf16
         self.use_chat_template = use_chat_template
         self.max_prompt_tokens = max_prompt_tokens
         self.long_prompts = long_prompts
@@ -192,14 +198,17 @@ class RLModule(pl.LightningModule):
         if self.init_weights is not None:
             load_policy_weights(policy, self.init_weights)
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        self.master_weights = MasterWeights.for_policy(policy, self.compute_dtype, self.lora, mesh)
         if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
             shard_policy(policy, mesh, self.fsdp)
         if self.objective.needs_reference and not self._reference:
             reference, _ = source.build()
             disable_dropout(reference)
             self._reference = [reference.requires_grad_(False).eval()]
+            MasterWeights.for_policy(reference, self.compute_dtype)  # the same numerics as the policy
 
     def setup(self, stage: str) -> None:
+        MasterWeights.check_precision(self.compute_dtype, self.trainer.precision)
         self.configure_model()
         self.engine.setup(
             self.built_policy, self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size
@@ -217,8 +226,7 @@ class RLModule(pl.LightningModule):
         return list(self.controllers)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.built_policy.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        opt = build_optimizer(self.built_policy, self.optimizer_factory, self.master_weights)
         if self.scheduler_factory is None:
             return opt
         return {
@@ -265,6 +273,7 @@ class RLModule(pl.LightningModule):
             scheduler=self.lr_schedulers(),
             backward=self.manual_backward,
             params=self.built_policy.parameters,
+            master=self.master_weights,
         )
 
     @property
@@ -312,17 +321,12 @@ class RLModule(pl.LightningModule):
         self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
     ) -> PolicyPass:
         """Log-probs, exact entropies and S of the completion tokens under the current policy (or ``model``)."""
-        with torch.set_grad_enabled(grad):
-            return score_tokens(
-                self.built_policy if model is None else model,
-                tokens.input_ids,
-                tokens.attention_mask,
-                tokens.loss_mask,
-                temperature=self.sampling.temperature,
-                chunk_size=self.logprob_chunk_size,
-                fp32_head=self.fp32_lm_head,
-                logprob_dtype=self.logprob_dtype,
-            )
+        score = partial(
+            score_tokens, self.built_policy if model is None else model, tokens.input_ids, tokens.attention_mask,
+            tokens.loss_mask, temperature=self.sampling.temperature, chunk_size=self.logprob_chunk_size,
+            fp32_head=self.fp32_lm_head, logprob_dtype=self.logprob_dtype,
+        )  # fmt: skip
+        return scored(score, grad=grad, master=self.master_weights if model is None else None)
 
     def log_iteration(
         self, record: StepRecord, rollout: Rollout, stats: UpdateStats, num_prompts: int

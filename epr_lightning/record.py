@@ -32,6 +32,8 @@ class StepRecord:
         seq_advantages: [N] advantages before transforms; ``token_advantages`` [N, T] after (first epoch).
         entropy: [N, T] exact full-vocab entropy of π_old (before the update), fp32.
         old_logp: [N, T] trainer log-probs of π_old; ``sampler_logp`` [N, T] the engine's.
+        old_logp_fp32: [N, T] the same from an fp32 computation, when the update made one (bf16 weights on the
+            precision audit's iterations, or ``logprob_dtype: bfloat16``), else None.
         collision: [N, T] S_t = Σ_a π_old(a)²·(log π_old(a) + H) per position (for Theorem 1's sampled
             estimate; see ``logprobs.PolicyPass``), or None when not computed.
         clip_upper / clip_lower: [N, T] masks of tokens clipped at 1+ε_high / 1−ε_low in the last epoch.
@@ -63,6 +65,7 @@ class StepRecord:
     reward_errors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     collision: Tensor | None = None
+    old_logp_fp32: Tensor | None = None
 
     def token_mean_entropy(self) -> float:
         """Exact token-mean entropy of π_old over completion tokens."""
@@ -102,6 +105,7 @@ def build_record(
         token_advantages=cpu(stats.token_advantages),
         entropy=cpu(stats.old.entropy),
         old_logp=cpu(stats.old.logp),
+        old_logp_fp32=cpu_or_none(stats.old.logp_fp32),
         collision=cpu_or_none(stats.old.collision),
         sampler_logp=tokens.sampler_logprobs.cpu(),
         clip_upper=cpu_or_none(stats.clip_upper),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from epr_lightning.logprobs import PolicyPass, scatter_rows
+from epr_lightning.master_weights import MasterWeights
 from epr_lightning.objectives.aggregation import global_normaliser
 from epr_lightning.objectives.base import LossOutput, PolicyBatch
 from epr_lightning.objectives.objective import Objective
@@ -109,7 +110,8 @@ class Optimization:
     optimizer: Any
     scheduler: Any | None
     backward: Callable[[Tensor], None]
-    params: Callable[[], Iterable[torch.nn.Parameter]]  # read after backward (FSDP2 swaps its parameters)
+    params: Callable[[], Iterable[Tensor]]  # read after backward (FSDP2 swaps its parameters)
+    master: MasterWeights | None = None  # bf16 compute: the grads go to its fp32 masters, clipped there
 
 
 @dataclass
@@ -126,13 +128,19 @@ def optimizer_step(
 ) -> float | None:
     """Backward, clip, step. Returns the grad norm, or None when the update was skipped as non-finite.
 
+    In bf16 compute (``optim.master``) the gradients are moved to the fp32 masters first: the norm, the clip and
+    the step are on fp32 gradients, and the step refreshes the bf16 working weights (``master_weights.py``).
+
     The backward always runs (under DDP every rank must join the gradient all-reduce); a non-finite
     gradient norm — which a non-finite loss on any rank produces — skips the step on all ranks alike.
     """
     opt = optim.optimizer
     opt.zero_grad(set_to_none=True)
     optim.backward(loss)
-    params = [p for p in optim.params() if p.grad is not None]
+    if optim.master is not None:
+        optim.master.take_grads()
+    tensors = optim.params() if optim.master is None else optim.master.optimized
+    params = [p for p in tensors if p.grad is not None]
     max_norm = grad_clip if grad_clip is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
     full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2
