@@ -156,7 +156,14 @@ def test_resume_restores_the_fp32_masters_and_reproduces_the_straight_run(tmp_pa
     assert all(m.dtype == torch.float32 for m in masters) and all(w.dtype == torch.bfloat16 for w in weights)
     # the masters hold what bf16 weights cannot: re-deriving them from the weights would lose it
     assert any(not torch.equal(m, m.bfloat16().float()) for m in masters)
-    resumed = fit(_bf16_run(tmp_path / "b", 4), ckpt_path=str(at2))
+    # the resumed run has the same checkpoint callback (Lightning restores its state), in another folder
+    saving_b = saving.replace(str(ckpts), str(tmp_path / "ckpt_b"))
+    resumed = fit(
+        _bf16_run(
+            tmp_path / "b", 4, "--trainer.enable_checkpointing=true", f"--trainer.callbacks+={saving_b}"
+        ),
+        ckpt_path=str(at2),
+    )
     assert len(straight.metrics) == 4 and len(resumed.metrics) == 2
     assert len({round(m["loss/pg"], 6) for m in straight.metrics}) > 1  # the updates changed the policy
     for tag in RESUME_TAGS:
