@@ -60,10 +60,11 @@ def test_bf16_weights_give_fp32_logprobs_and_entropies_near_the_fp32_path() -> N
     low = bf16.policy_pass(tokens, grad=True)
     assert low.logp.dtype == low.entropy.dtype == torch.float32
     assert low.logp.requires_grad and low.logp_fp32 is None  # no fp32 pass unless the audit asks for one
-    # bf16 weights and activations, fp32 LM-head arithmetic: log π within 0.05 nats, H within 0.05 of fp32
+    # bf16 weights and activations, fp32 LM-head arithmetic: on this tiny model log π within 0.01 nats and H
+    # within 1e-3 nats of the fp32 path (measured: 1.5e-3 and 4e-5), and not equal to it (bf16 did compute)
     dlogp = (low.logp - ref.logp)[mask].abs()
     dent = (low.entropy - ref.entropy)[mask].abs()
-    assert 0 < dlogp.max() < 0.05 and dent.max() < 0.05, (dlogp.max(), dent.max())
+    assert 0 < dlogp.max() < 0.01 and dent.max() < 1e-3, (dlogp.max(), dent.max())
     assert (low.logp[~mask] == 0).all()
     # on audited iterations the same pass also scores the tokens on the fp32 masters: the fp32 path exactly
     mw.fp32_reference = True
