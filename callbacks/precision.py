@@ -23,6 +23,8 @@ weights (an extra no-grad fp32 forward), and
 - ``precision/fp32_logp_absdiff_mean|max``: |log π_old(bf16 compute) − log π_old(fp32 weights)| on completion
   tokens (also with ``model.logprob_dtype: bfloat16``, whose fp32 log-probs come with every pass).
 
+Between two checked iterations Lightning logs the last value of these again (it keeps a metric once logged).
+
 Means are exact over all ranks (sum/count all-reduce), max/min are global; p99 and the bf16 sample are per rank.
 """
 
