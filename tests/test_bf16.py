@@ -119,13 +119,17 @@ def _bf16_run(root: Path, iterations: int, *extra: str) -> list[str]:
         "--data.init_args.task", "epr_lightning.tasks.CharacterTask",
         f"--data.init_args.batches_per_epoch={iterations}",
         "--model.init_args.ppo_epochs=2",
+        f"--model.init_args.lr_scheduler={SCHEDULE}",
         "--model.init_args.optimizer.init_args.lr=3e-3",
         "--model.init_args.sampling.temperature=0.7",
         *extra,
     )  # fmt: skip
 
 
-RESUME_TAGS = ("loss/pg", "train/grad_norm", "policy/ratio_max", "policy/approx_kl")
+RESUME_TAGS = ("loss/pg", "train/grad_norm", "policy/ratio_max", "policy/approx_kl", "train/lr")
+SCHEDULE = json.dumps(
+    {"class_path": "torch.optim.lr_scheduler.LinearLR", "init_args": {"end_factor": 0.1, "total_iters": 16}}
+)
 
 
 def test_resume_restores_the_fp32_masters_and_reproduces_the_straight_run(tmp_path: Path) -> None:
@@ -167,6 +171,9 @@ def test_resume_restores_the_fp32_masters_and_reproduces_the_straight_run(tmp_pa
     )
     assert len(straight.metrics) == 4 and len(resumed.metrics) == 2
     assert len({round(m["loss/pg"], 6) for m in straight.metrics}) > 1  # the updates changed the policy
+    assert (
+        len({m["train/lr"] for m in straight.metrics}) == 4
+    )  # the schedule (on the masters' optimizer) moved
     for tag in RESUME_TAGS:
         for i, got in enumerate(resumed.metrics, start=2):
             assert got[tag] == pytest.approx(straight.metrics[i][tag], abs=1e-6, rel=1e-6), (tag, i)
@@ -250,6 +257,23 @@ def test_a_bf16_run_reports_clip_flips_and_tis_corrects_the_sampler_mismatch(tmp
             float((d.double().exp() > 1.0005).double().mean())
         )
         assert 0 < metrics["policy/tis_capped_frac"] < 1
+
+
+def test_a_nonfinite_gradient_leaves_masters_and_working_weights_untouched() -> None:
+    module = _module(compute_dtype="bfloat16")
+    mw = module.master_weights
+    assert mw is not None
+    opt = build_optimizer(module.built_policy, lambda p: torch.optim.AdamW(p, lr=1e-2), mw)
+    masters = [m.clone() for m in mw.masters]
+    working = [p.detach().clone() for p in mw.working]
+    optim = Optimization(opt, None, lambda loss: loss.backward(), module.built_policy.parameters, mw)
+    tokens = _tokens(len(module.tokenizer))
+    loss = module.policy_pass(tokens, grad=True).logp.sum() * float("nan")
+    guard = NonFiniteGuard(3)
+    assert optimizer_step(optim, loss, 1.0, guard, iteration=0) is None and guard.total == 1
+    assert all(torch.equal(a, b) for a, b in zip(mw.masters, masters, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(mw.working, working, strict=True))
+    assert all(m.grad is None for m in mw.masters) and all(p.grad is None for p in mw.working)
 
 
 def test_lora_on_a_bf16_base_trains_fp32_adapters_without_masters() -> None:
