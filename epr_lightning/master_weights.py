@@ -67,9 +67,8 @@ class MasterWeights:
         self.policy = policy
         self.working = [p for p in _unique_params(policy) if id(p) in masters]
         self.masters = [masters[id(p)] for p in self.working]
-        self.optimized: list[
-            Tensor
-        ] = []  # what the optimizer steps: masters, and fp32 trainables as they are
+        # what the optimizer steps: the masters, and trainable fp32 parameters (LoRA adapters) as they are
+        self.optimized: list[Tensor] = []
         self.fp32_reference = False  # set by PrecisionAudit on the iterations whose clip decisions it checks
 
     check_settings = staticmethod(check_settings)
