@@ -103,15 +103,17 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # checkpoints are cleaned up
     capsys.readouterr()
     # a second invocation trains nothing: every run is cached and gives the same rows
-    second = tool.main(argv)
+    second = tool.main([*argv, "--no-plots"])
     out = capsys.readouterr().out
     assert out.count("cached") == 4 and "training" not in out
     assert second["rows"] == first["rows"]
     # --cached-only reports what has finished and trains nothing (seed 2 never ran)
-    partial = tool.main([*argv[:8], "2", *argv[8:], "--cached-only"])
+    partial_out = tmp_path / "partial"
+    partial = tool.main([*argv[:8], "2", *argv[8:], "--cached-only", "--no-plots", "--out", str(partial_out)])
     out = capsys.readouterr().out
     assert "training" not in out and out.count("left out (--cached-only)") == 2
     assert partial["rows"] == first["rows"]
+    assert (partial_out / "runs.csv").is_file() and not list(partial_out.glob("*.png"))  # --no-plots
 
 
 def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path, monkeypatch):
@@ -124,7 +126,7 @@ def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path
     argv = [
         "--config", tiny, "--methods", "grpo", "--seeds", "0",
         "--set", "data.init_args.batches_per_epoch=2", "--set", "trainer.val_check_interval=2",
-        "--then", tiny, "--then-iterations", "1", "--threshold", "0.5",
+        "--then", tiny, "--then-iterations", "1", "--threshold", "0.5", "--no-plots",
         "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
     ]  # fmt: skip
     result = tool.main(argv)
@@ -172,7 +174,8 @@ def test_lab_resumes_a_killed_run_accumulates_its_wall_time_and_keys_the_cache(t
     config.write_text((ROOT / "configs" / "tiny_cpu.yaml").read_text())
     argv = ["--config", str(config), "--methods", "grpo", "--seeds", "0",
             "--set", "data.init_args.batches_per_epoch=2",
-            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--keep-checkpoints"]  # fmt: skip
+            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--keep-checkpoints",
+            "--no-plots"]  # fmt: skip
     # a clock of our own: attempt 1 starts at 1000 and is killed at 1100, its last.ckpt written at 1060; attempt 2
     # runs from 2000 to 2030. The run's wall time is 60 (to the checkpoint) + 30 = 90 s, not the last attempt's 30.
     clock = {"now": 1000.0}

@@ -15,10 +15,10 @@ changes), so committing results or another method's YAML does not invalidate the
 
 Writes into ``--out``: ``runs.csv`` (one row per run), ``curves.csv`` (per-iteration entropy and reward),
 ``table.md`` (mean ± std over seeds per method, the core claim's per-seed check and the command), ``entropy.png``,
-``reward.png``, ``pair_<a>_<b>.png`` (entropy vs iteration, seeds as bands) and ``summary.png`` (bars). With
-``--then``, every run is continued from its final weights on task B (``model.init_weights``) with the same
-method, plus one run of the first method from the untrained model, and ``sequential.csv`` / the table's
-sequential section report B's reward AUC and iterations to ``--threshold``.
+``reward.png``, ``pair_<a>_<b>.png`` (entropy vs iteration, seeds as bands) and ``summary.png`` (bars; none of the
+PNGs with ``--no-plots``). With ``--then``, every run is continued from its final weights on task B
+(``model.init_weights``) with the same method, plus one run of the first method from the untrained model,
+and ``sequential.csv`` / the table's sequential section report B's reward AUC and iterations to ``--threshold``.
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pair", nargs=2, default=["grpo", "repo_r"], help="methods drawn side by side")
     p.add_argument("--claim", nargs=2, default=["repo_r", "grpo"], help="METHOD BASELINE of the core claim")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    p.add_argument("--no-plots", action="store_true", help="write the CSVs and table.md only (no PNGs)")
     p.add_argument(
         "--cached-only",
         action="store_true",
@@ -342,8 +343,9 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
         lines += ["", f"Sequential learning on `{args.then}` ({args.then_iterations} iterations):", "",
                   lab.method_table(sequential, cols)]  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    plot_lab(out, rows, curves, sequential, tuple(args.pair))
-    print(f"wrote {out}/table.md, runs.csv, curves.csv and PNGs", flush=True)
+    if not args.no_plots:
+        plot_lab(out, rows, curves, sequential, tuple(args.pair))
+    print(f"wrote {out}/table.md, runs.csv, curves.csv{'' if args.no_plots else ' and PNGs'}", flush=True)
 
 
 if __name__ == "__main__":
