@@ -8,6 +8,7 @@ import pytest
 
 from epr_lightning.cli import build_cli
 from epr_lightning.envs import EnvironmentTask, ToolWorld
+from epr_lightning.envs.toolworld.apps import APPS
 
 ROOT = Path(__file__).resolve().parents[1]
 C = ROOT / "configs"
@@ -34,7 +35,12 @@ def test_toolworld_composes_with_every_method(method: Path, base: str, task: str
 def test_full_toolworld_config_values() -> None:
     env = compose(C / "demo.yaml", C / "task/toolworld.yaml").datamodule.task.environment
     assert env.difficulties == [1, 2, 3, 4, 5] and env.val_split == "dev" and env.num_val == 100
-    assert len(env.tools()) == 13
+    # every @tool method of every app, however many the apps have
+    every_tool = {
+        f"{app}_{attr}" for app, cls in APPS.items() for attr in dir(cls)
+        if getattr(getattr(cls, attr), "__is_tool__", False)
+    }  # fmt: skip
+    assert every_tool and {t["function"]["name"] for t in env.tools()} == every_tool
 
 
 def test_tiny_toolworld_trains_with_a_method_yaml(tmp_path: Path) -> None:
