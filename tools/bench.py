@@ -1,7 +1,9 @@
 """Benchmarks, printed as ratios measured within one run (machines are noisy; nothing here is a test).
 
 1. Step overhead: our full training step vs raw ``generate`` + one raw forward/backward over the same tokens
-   (goal: step / (generate + fwd/bwd) ≤ 1.10).
+   (goal: step / (generate + fwd/bwd) ≤ 1.10), and the step's time by stage (generate, the no-grad π_old
+   pass, the gradient passes' forward, backward + clip + optimizer step, weight push, record + logging, and
+   the rest: Lightning, scoring, prompt encoding).
 2. Monitoring overhead: time spent in the monitoring callbacks (entropy, diversity, precision, samples) at
    their default settings as a share of the step time (goal: ≤ 5%).
 3. Step memory: the peak resident set of ``--iterations`` training steps of the app (``RLModule`` in a
@@ -16,8 +18,8 @@
    Each variant runs in a fresh subprocess and reports its peak growth of the resident set over the
    baseline (CPU, sampled every 0.5 ms) or its peak CUDA allocation.
 
-Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--skip-step] [--skip-step-memory]
-[--skip-memory]``
+Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--compute-dtype float32|bfloat16]
+[--skip-step] [--skip-step-memory] [--skip-memory]``
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _timed(fn, *args, **kwargs) -> float:
 class StepTimer:
     """Lightning callback (put first) timing ``training_step`` and the monitoring callbacks' hooks."""
 
-    def __init__(self, monitors: list[Any]) -> None:
+    def __init__(self, monitors: list[Any], stages: StageTimer | None = None) -> None:
         import lightning.pytorch as pl
 
         outer = self
@@ -54,9 +56,13 @@ class StepTimer:
         class _Timer(pl.Callback):
             def on_train_batch_start(self, *a: Any) -> None:
                 outer._t0 = time.perf_counter()
+                if stages is not None:
+                    stages.current = {}
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 outer.steps.append(time.perf_counter() - outer._t0)
+                if stages is not None:
+                    stages.end_step()
                 outer.last_batch = batch
                 outer.monitor_time.append(0.0)
 
@@ -75,8 +81,68 @@ class StepTimer:
             cb.on_train_batch_end = wrapped
 
 
+class StageTimer:
+    """Wall time per stage of each training step, by wrapping the module's stage functions (bench only).
+
+    ``wrap(owner, attr, name)`` times every call of ``owner.attr`` under ``name`` (a function of the call's
+    arguments, or a string); ``end_step`` closes a step's tally.
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+
+    def wrap(self, owner: Any, attr: str, name: Any) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stage = name if isinstance(name, str) else name(args, kwargs)
+                self.current[stage] = self.current.get(stage, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+
+    def end_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {}
+
+    def medians(self) -> dict[str, float]:
+        """Median seconds per stage over the steps after the first (which warms up)."""
+        steps = self.steps[1:] or self.steps
+        names = dict.fromkeys(k for step in steps for k in step)
+        return {k: statistics.median(step.get(k, 0.0) for step in steps) for k in names}
+
+
+STAGES = ("generate", "pi_old (no-grad pass)", "forward (grad pass)", "backward + clip + step", "push weights",
+          "record + logging")  # fmt: skip
+
+
+def time_stages(module: Any, timer: StageTimer) -> None:
+    """Wrap the stages of ``module``'s iteration (``RLModule.training_step`` and ``PolicyUpdate``)."""
+    import epr_lightning.module as module_file
+    import epr_lightning.update as update_file
+
+    timer.wrap(module, "rollout", "generate")
+    timer.wrap(
+        module.policy_update, "policy_pass",
+        lambda a, k: "forward (grad pass)" if k.get("grad") else "pi_old (no-grad pass)",
+    )  # fmt: skip
+    timer.wrap(update_file, "optimizer_step", "backward + clip + step")
+    timer.wrap(module.engine, "push_weights", "push weights")
+    timer.wrap(module_file, "build_record", "record + logging")
+    timer.wrap(module, "log_iteration", "record + logging")
+
+
 def bench_step(
-    model: str, iterations: int, prompts: int, generations: int, new_tokens: int
+    model: str,
+    iterations: int,
+    prompts: int,
+    generations: int,
+    new_tokens: int,
+    compute_dtype: str = "float32",
 ) -> dict[str, float]:
     import lightning.pytorch as pl
 
@@ -92,12 +158,15 @@ def bench_step(
         sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
         num_generations=generations,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
+        compute_dtype=compute_dtype,  # type: ignore[arg-type]
     )
     data = PromptDataModule(
         ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
     )
     monitors = [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
-    timer = StepTimer(monitors)
+    stages = StageTimer()
+    time_stages(module, stages)
+    timer = StepTimer(monitors, stages)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -142,7 +211,10 @@ def bench_step(
     steps = timer.steps[1:] or timer.steps  # the first iteration warms up
     step = statistics.median(steps)
     monitor = statistics.median(timer.monitor_time[1:] or timer.monitor_time)
+    per_stage = stages.medians()
     return {
+        **{f"stage:{k}": per_stage.get(k, 0.0) for k in STAGES},
+        "stage:other": step - sum(per_stage.get(k, 0.0) for k in STAGES),
         "tokens_generated": float(tokens.loss_mask.sum()),
         "raw_generate_s": gen,
         "raw_fwd_bwd_s": fb,
@@ -387,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--compute-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the step benchmark's model.compute_dtype (bfloat16: the raw baselines run on the same bf16 weights)",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-step-memory", action="store_true")
@@ -407,14 +485,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ok = True
     if not args.skip_step:
-        r = bench_step(args.model, args.iterations, args.prompts, args.generations, args.new_tokens)
+        r = bench_step(
+            args.model, args.iterations, args.prompts, args.generations, args.new_tokens, args.compute_dtype
+        )
         print(
             f"[step] model={args.model} prompts={args.prompts}x{args.generations} new_tokens<={args.new_tokens} "
-            f"tokens={r['tokens_generated']:.0f}"
+            f"tokens={r['tokens_generated']:.0f} compute_dtype={args.compute_dtype}"
         )
         print(f"  raw generate        {r['raw_generate_s']:.3f} s")
         print(f"  raw forward+backward{r['raw_fwd_bwd_s']:8.3f} s")
-        print(f"  our training step   {r['step_s']:.3f} s")
+        print(f"  our training step   {r['step_s']:.3f} s, by stage (median over the steps after the first):")
+        for name in (*STAGES, "other"):
+            print(f"    {name:<24}{r['stage:' + name]:8.3f} s")
         print(
             f"  ratio step/(gen+fb) {r['step_ratio']:.3f}   (goal <= 1.10) {'OK' if r['step_ratio'] <= 1.10 else 'OVER'}"
         )
