@@ -1,5 +1,5 @@
-"""Lightning callbacks: entropy tracking, targets, controllers, dynamics, diversity, precision audit, samples
-and graceful stop (installed as ``epr_lightning.callbacks``)."""
+"""Lightning callbacks: entropy tracking, targets, controllers, dynamics, diversity, precision audit, samples,
+per-prompt validation records and graceful stop (installed as ``epr_lightning.callbacks``)."""
 
 from .control_rules import adaptive_bonus_step, clip_higher_step, entropy_direction, zeta_step
 from .controller_base import EntropyController
@@ -11,6 +11,7 @@ from .graceful import GracefulStop
 from .precision import PrecisionAudit
 from .samples import SampleLogger
 from .targets import EntropyTarget, FixedEntropy, InitialEntropy, ScheduledEntropy
+from .validation_records import ValidationRecords, read_validation_records
 
 __all__ = [
     "AdaptiveEntropyBonus",
@@ -27,8 +28,10 @@ __all__ = [
     "REPOZetaController",
     "SampleLogger",
     "ScheduledEntropy",
+    "ValidationRecords",
     "adaptive_bonus_step",
     "clip_higher_step",
     "entropy_direction",
+    "read_validation_records",
     "zeta_step",
 ]

@@ -39,6 +39,7 @@ DEFAULT_MONITORS = [
     {"class_path": "epr_lightning.callbacks.DiversityMonitor"},
     {"class_path": "epr_lightning.callbacks.PrecisionAudit"},
     {"class_path": "epr_lightning.callbacks.SampleLogger", "init_args": {"every_n": 5}},
+    {"class_path": "epr_lightning.callbacks.ValidationRecords"},
 ]
 
 

@@ -39,7 +39,7 @@ from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.rollout.kinds import SampleKind, rollout_kind
 from epr_lightning.tasks.base import Example
 from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings, UpdateStats
-from epr_lightning.validation import run_validation_now, validation_metrics
+from epr_lightning.validation import run_validation_now, validation_results
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -160,8 +160,7 @@ class RLModule(pl.LightningModule):
         self.fsdp = fsdp if fsdp is not None else FSDP2Config()
         self.controllers = list(controllers or [])
         self.validate_before_training = validate_before_training
-        # val/ metrics before the first update (not checkpointed)
-        self.initial_validation: dict[str, float] = {}
+        self.initial_validation: dict[str, float] = {}  # val/ metrics before the first update (not saved)
         if init_weights is not None and not Path(init_weights).expanduser().is_file():
             raise FileNotFoundError(f"model.init_weights {init_weights!r} is not a checkpoint file")
         self.init_weights = init_weights
@@ -278,8 +277,7 @@ class RLModule(pl.LightningModule):
 
     @property
     def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
+        return next(t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None)
 
     def admit_prompts(self, examples: list[Example]) -> AdmittedPrompts:
         """Drop (and count) or reject prompts longer than ``max_prompt_tokens``; the rest with their token ids."""
@@ -346,17 +344,19 @@ class RLModule(pl.LightningModule):
             self.log(name, logged, on_step=True, prog_bar=name in bar, batch_size=num_prompts)
 
     # ---------------------------------------------------------------- validation
-    def validation_step(self, batch: list[Example], batch_idx: int) -> None:
+    def validation_step(self, batch: list[Example], batch_idx: int) -> dict[str, Any]:
         prompts = self.admit_prompts(batch)
         rollout = self.rollout(prompts, self.val_num_generations)
         scores = self.samples.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
         old = self.policy_pass(tokens, grad=False)
         size = len(prompts.examples)
-        for name, value in validation_metrics(tokens, old, scores, rollout, self.val_num_generations).items():
+        metrics, groups = validation_results(self.tokenizer, prompts.examples, tokens, old, scores, rollout)
+        for name, value in metrics.items():
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True)
         for name, value, n in self.samples.validation_metrics(rollout):  # e.g. success per difficulty
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
+        return {"groups": groups}  # per-prompt records, for callbacks.ValidationRecords
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

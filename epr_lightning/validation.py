@@ -1,14 +1,18 @@
-"""Validation metrics of one batch of held-out prompts (logged under ``val/`` by the module), and the
-iteration-0 validation that gives every run a baseline before its first update."""
+"""Validation metrics of one batch of held-out prompts (logged under ``val/`` by the module), the per-prompt
+records behind them (written by ``epr_lightning.callbacks.ValidationRecords``), and the iteration-0 validation
+that gives every run a baseline before its first update."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from epr_lightning.logprobs import PolicyPass
 from epr_lightning.metrics import distinct_correct, distinct_n, group_by, pass_at_k, self_bleu
 from epr_lightning.objectives.base import masked_mean
 from epr_lightning.rollout.base import Rollout, TokenBatch
+from epr_lightning.tasks.base import Example
 from epr_lightning.tasks.scoring import RolloutScores
 
 
@@ -47,6 +51,75 @@ def validation_metrics(
         distinct_correct(a, c) for a, c in zip(answer_groups, groups_correct, strict=True)
     ) / len(answer_groups)
     return out
+
+
+def answer_token_mask(char_ends: list[int], text: str, answer: str | None) -> list[bool]:
+    """Which completion tokens hold the extracted answer: those whose characters overlap the answer's last
+    occurrence in ``text``. ``char_ends[i]`` is where token i ends in ``text`` (the length of the decoded first
+    i + 1 tokens). No answer, or an answer not found in the text → no answer tokens."""
+    needle = (answer or "").strip()
+    start = text.rfind(needle) if needle else -1
+    if start < 0:
+        return [False] * len(char_ends)
+    stop, out, begin = start + len(needle), [], 0
+    for end in char_ends:
+        out.append(begin < stop and end > start)
+        begin = end
+    return out
+
+
+def answer_positions(tokenizer: Any, rollout: Rollout, answers: list[str | None], width: int) -> torch.Tensor:
+    """[N, width] mask of the answer tokens of each sample, aligned with ``Rollout.to_batch``'s rows."""
+    mask = torch.zeros((len(rollout), width), dtype=torch.float32)
+    for i, (prompt, ids) in enumerate(zip(rollout.prompt_ids, rollout.completion_ids, strict=True)):
+        ends = [len(tokenizer.decode(ids[: j + 1], skip_special_tokens=True)) for j in range(len(ids))]
+        flags = answer_token_mask(ends, rollout.completion_text[i], answers[i])
+        for j, flag in enumerate(flags):
+            if flag:
+                mask[i, len(prompt) + j] = 1.0
+    return mask
+
+
+def validation_results(
+    tokenizer: Any,
+    examples: list[Example],
+    tokens: TokenBatch,
+    old: PolicyPass,
+    scores: RolloutScores,
+    rollout: Rollout,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The batch's ``val/`` means (``validation_metrics``, plus the entropy on the answer tokens and on the rest)
+    and one JSON-able record per prompt: its id, samples ``n``, correct ``c``, the answers and correctness per
+    sample, and token-entropy sums (all tokens / answer tokens)."""
+    metrics = validation_metrics(
+        tokens, old, scores, rollout, len(rollout) // max(1, len(set(rollout.group_index)))
+    )
+    mask = tokens.loss_mask
+    answer_mask = answer_positions(tokenizer, rollout, scores.answers, mask.shape[1]).to(mask.device) * mask
+    rest = mask - answer_mask
+    if answer_mask.sum() > 0:
+        metrics["entropy_answer"] = float(masked_mean(old.entropy, answer_mask))
+    if rest.sum() > 0:
+        metrics["entropy_rest"] = float(masked_mean(old.entropy, rest))
+    h = (old.entropy.float() * mask).sum(dim=1).tolist()
+    h_answer = (old.entropy.float() * answer_mask).sum(dim=1).tolist()
+    n_tokens, n_answer = mask.sum(dim=1).tolist(), answer_mask.sum(dim=1).tolist()
+    records: list[dict[str, Any]] = []
+    by_group = group_by(list(range(len(rollout))), rollout.group_index)
+    for idx in by_group:
+        example = examples[rollout.group_index[idx[0]]]
+        records.append({
+            "id": example.id,
+            "n": len(idx),
+            "c": int(sum(bool(scores.correct[i]) for i in idx)),
+            "answers": [scores.answers[i] for i in idx],
+            "correct": [bool(scores.correct[i]) for i in idx],
+            "entropy_sum": sum(h[i] for i in idx),
+            "tokens": int(sum(n_tokens[i] for i in idx)),
+            "answer_entropy_sum": sum(h_answer[i] for i in idx),
+            "answer_tokens": int(sum(n_answer[i] for i in idx)),
+        })  # fmt: skip
+    return metrics, records
 
 
 def run_validation_now(trainer: Any) -> bool:

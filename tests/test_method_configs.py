@@ -58,6 +58,7 @@ EXPECTED = {
     "kl_cov": (KLCovLoss, [], [], []),
     "repo": (PPOClipLoss, [REPO], [], []),
     "repo_r": (PPOClipLoss, [REPOR], [], [REPOZetaController]),
+    "grpo_repo_r": (PPOClipLoss, [REPOR], [], [REPOZetaController]),
     "repo_d": (PPOClipLoss, [REPOD], [], [REPOZetaController]),
     "adapo": (PPOClipLoss, [], [], [ClipHigherController]),
 }
@@ -98,6 +99,7 @@ ESTIMATORS = {
     "kl_cov": (GRPOAdvantage, "token_mean"),
     "repo": (RLOOAdvantage, "token_mean"),
     "repo_r": (RLOOAdvantage, "token_mean"),
+    "grpo_repo_r": (GRPOAdvantage, "seq_mean_token_mean"),
     "repo_d": (RLOOAdvantage, "token_mean"),
     "adapo": (RLOOAdvantage, "token_mean"),
 }
@@ -191,3 +193,37 @@ def test_controller_without_its_piece_fails_at_setup_naming_the_yaml(tmp_path):
     )
     with pytest.raises(ValueError, match="configs/method/repo_r.yaml"):
         cli.trainer.fit(cli.model, cli.datamodule)
+
+
+# The fair lab compares each REPO-R file with the base it modifies: everything but the transform and its
+# controller must be the base's (advantage, loss and its clip range, aggregation, schedule, extra terms).
+SAME_BASE_PAIRS = [
+    ("grpo", ROOT / "configs" / "method" / "grpo_repo_r.yaml"),
+    ("dapo", ROOT / "configs" / "method" / "repo_r.yaml"),
+    ("dapo", ROOT / "configs" / "lab" / "fair" / "repo_r_paper.yaml"),
+    ("dapo", ROOT / "configs" / "lab" / "fair" / "repo_r_centred.yaml"),
+]
+
+
+def _objective_fingerprint(model):
+    obj = model.objective
+    loss = obj.loss
+    return (
+        type(obj.advantage).__name__,
+        vars(obj.advantage),
+        type(loss).__name__,
+        {k: v for k, v in vars(loss).items() if not k.startswith("_")},
+        obj.aggregation,
+        [type(t).__name__ for t in obj.terms],
+        (model.policy_update.settings.ppo_epochs, model.policy_update.settings.num_minibatches),
+    )
+
+
+@pytest.mark.parametrize("base,variant", SAME_BASE_PAIRS, ids=[p.stem for _, p in SAME_BASE_PAIRS])
+def test_same_base_pairs_differ_only_by_the_transform(base, variant):
+    base_model = compose(BASE, ROOT / "configs" / "method" / f"{base}.yaml").model
+    model = compose(BASE, variant).model
+    assert _objective_fingerprint(model) == _objective_fingerprint(base_model)
+    assert [type(t) for t in model.objective.transforms] == [REPOR]
+    assert not base_model.objective.transforms and not base_model.controllers
+    assert [type(c) for c in model.controllers] == [REPOZetaController]

@@ -128,3 +128,46 @@ def test_gradient_does_not_flow_through_repo_logp():
     )
     obj.compute_loss(batch).loss.backward()
     torch.testing.assert_close(logp.grad, -expected / 4)
+
+
+# ------------------------------------------------------------------ what the transform does to the advantages
+def test_shaping_stats_on_a_hand_made_batch():
+    from epr_lightning.objectives.repo import shaping_stats
+
+    a = torch.tensor([[-1.0, -1.0, -2.0, 0.5, 0.5, 0.0]])
+    shaped = torch.tensor([[0.0, -0.5, 1.0, 0.5, 1.0, 0.3]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    s = shaping_stats(a, shaped, mask)
+    # negatives: one zeroed (0), one halved (-0.5), one flipped (+1 from -2): |A'|/|A| = 0, 0.5, 0.5
+    assert s["neg_zeroed_frac"] == pytest.approx(1 / 3)
+    assert s["neg_flipped_frac"] == pytest.approx(1 / 3)
+    assert s["neg_ratio"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    # positives: 0.5 → 0.5 and 0.5 → 1.0; none zeroed or flipped; A = 0 tokens are in neither side
+    assert s["pos_zeroed_frac"] == 0.0 and s["pos_flipped_frac"] == 0.0
+    assert s["pos_ratio"] == pytest.approx(1.5)
+    # masked tokens do not count; a sign without tokens has no keys
+    s = shaping_stats(a, shaped, torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 1.0]]))
+    assert s == {"neg_zeroed_frac": 1.0, "neg_flipped_frac": 0.0, "neg_ratio": 0.0}
+
+
+def test_repo_r_zeroes_wrong_answers_rare_tokens_at_large_zeta_and_centred_keeps_the_penalty():
+    """The raw log-prob at ζ = 1 with the sign clamp removes the penalty of every wrong-answer token with
+    π < e^-1; the centred L = log π + H keeps it on tokens more likely than average."""
+    a = torch.full((1, 4), -1.0)
+    logp = torch.log(torch.tensor([[0.9, 0.5, 0.3, 0.05]]))
+    entropy = torch.full((1, 4), 1.0)
+    mask = torch.ones(1, 4)
+    raw = REPOR(zeta=1.0)
+    out = raw(a, logp, None, mask)
+    # A_R = -1 - 1·1·log π = -1 - log π: -0.895, -0.307, 0 (clamped from +0.20), 0 (clamped from +2.0)
+    assert out[0, :2].tolist() == pytest.approx([-1 - math.log(0.9), -1 - math.log(0.5)], abs=1e-6)
+    assert out[0, 2:].tolist() == [0.0, 0.0]
+    assert raw.last_stats["shaping/neg_zeroed_frac"] == 0.5
+    centred = REPOR(zeta=1.0, logprob="centred")
+    out_c = centred(a, logp, entropy, mask)
+    # L = log π + 1: A' = -1 - (log π + 1) = -2 - log π: -1.895, -1.307, -0.796, 0 (clamped from +0.996)
+    expected = [-2 - math.log(0.9), -2 - math.log(0.5), -2 - math.log(0.3), 0.0]
+    assert out_c[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert centred.last_stats["shaping/neg_zeroed_frac"] == 0.25
+    with pytest.raises(ValueError, match="entropy"):
+        centred(a, logp, None, mask)

@@ -17,6 +17,7 @@ log-prob. Coefficients are plain float attributes a controller may overwrite bet
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -57,6 +58,27 @@ def repo_r_advantages(
         out = torch.where(
             advantages > 0, out.clamp_min(0.0), torch.where(advantages < 0, out.clamp_max(0.0), out)
         )
+    return out
+
+
+def shaping_stats(advantages: Tensor, shaped: Tensor, mask: Tensor) -> dict[str, float]:
+    """What a transform did to the advantages of the masked tokens, split by the sign of A:
+
+    ``neg_zeroed_frac`` / ``neg_flipped_frac``: share of A < 0 tokens whose shaped advantage is 0 / > 0 (the
+    penalty on a wrong answer's token removed / turned into a reward); ``pos_zeroed_frac`` / ``pos_flipped_frac``
+    likewise for A > 0; ``neg_ratio`` / ``pos_ratio``: mean |A'| / |A| over those tokens (1 = untouched).
+    A sign with no token has no keys (so a mean over minibatches counts only those that had such tokens).
+    """
+    live = mask > 0
+    out: dict[str, float] = {}
+    for name, side in (("neg", live & (advantages < 0)), ("pos", live & (advantages > 0))):
+        count = int(side.sum())
+        if count == 0:
+            continue
+        a, b = advantages[side].float(), shaped[side].float()
+        out[f"{name}_zeroed_frac"] = float((b == 0).sum()) / count
+        out[f"{name}_flipped_frac"] = float((torch.sign(b) == -torch.sign(a)).sum()) / count
+        out[f"{name}_ratio"] = float((b.abs() / a.abs()).mean())
     return out
 
 
@@ -125,14 +147,30 @@ class REPOR(AdvantageTransform):
         zeta: ζ, adapted by the ζ controller (signed; |ζ| in [1e-4, 0.05] there).
         logp_floor: log π is floored here before use (keeps −inf/very rare tokens bounded); must be < 0.
         sign_preserving: clamp A_R so it never changes the sign of a nonzero A.
+        logprob: ``raw`` = the paper's log π (always ≤ 0: every token's advantage moves up, so a wrong answer's
+            penalty shrinks and, with the clamp, vanishes for rare tokens); ``centred`` = [our variant] the
+            centred L = log π + H of Theorem 1 (needs the exact entropy): zero on average under π, so it
+            penalises a wrong answer's likely tokens more and its rare ones less instead of sparing all of them.
     """
 
-    def __init__(self, zeta: float = 1e-3, logp_floor: float = -20.0, sign_preserving: bool = True) -> None:
+    keeps_zero_advantage = True  # A − ζ·|A|·(log π or L) is 0 where A = 0, token by token
+
+    def __init__(
+        self,
+        zeta: float = 1e-3,
+        logp_floor: float = -20.0,
+        sign_preserving: bool = True,
+        logprob: Literal["raw", "centred"] = "raw",
+    ) -> None:
         self.zeta = _finite("zeta", zeta)
         self.logp_floor = _finite("logp_floor", logp_floor)
         if self.logp_floor >= 0:
             raise ValueError(f"logp_floor must be < 0 (a log-probability), got {logp_floor!r}")
         self.sign_preserving = bool(sign_preserving)
+        if logprob not in ("raw", "centred"):
+            raise ValueError(f"REPOR.logprob must be 'raw' or 'centred', got {logprob!r}")
+        self.logprob = logprob
+        self.needs_entropy = logprob == "centred"
 
     def __call__(
         self,
@@ -142,6 +180,10 @@ class REPOR(AdvantageTransform):
         mask: Tensor,
         collision: Tensor | None = None,
     ) -> Tensor:
+        if self.logprob == "centred":  # L = log π + H (floored like log π): the centred variant
+            logp = centred_logprob(
+                logp.clamp_min(self.logp_floor), _require_entropy(entropy, "REPOR(centred)")
+            )
         out = repo_r_advantages(advantages, logp, self.zeta, self.logp_floor, self.sign_preserving) * mask
         unclamped = repo_r_advantages(advantages, logp, self.zeta, self.logp_floor, sign_preserving=False)
         self.last_stats = {
@@ -149,6 +191,7 @@ class REPOR(AdvantageTransform):
             "adv_change_abs": float(masked_mean((out - advantages).abs(), mask)),
             "zeta_abs_logp": float(masked_mean(abs(self.zeta) * logp.clamp_min(self.logp_floor).abs(), mask)),
             "clamped_frac": float(masked_mean((unclamped != out).to(mask.dtype), mask)),
+            **{f"shaping/{k}": v for k, v in shaping_stats(advantages, out, mask).items()},
         }
         return out
 
