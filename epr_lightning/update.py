@@ -4,6 +4,13 @@
 objective and the log-prob pass when it is built, the optimizer handles (``Optimization``) and the frozen
 reference model when it runs. It reads nothing else of the LightningModule and owns the non-finite guard
 (``NonFiniteGuard``). The loop is docs/methods.md §7.
+
+No wasted work: when the objective gives rows whose advantage is 0 exactly no gradient
+(``Objective.zero_advantage_rows_inert``: no entropy bonus, no KL, no transform that acts at A = 0), those rows
+— every row of a group whose rewards are all equal, under GRPO — are left out of the gradient pass. The update is
+the same: the minibatches, their order and the loss denominators (token and sequence counts of the whole
+minibatch) do not change, and every minibatch keeps at least one row, so it still takes its optimizer step
+(AdamW moves weights on a zero gradient too) and every rank joins the backward.
 """
 
 from __future__ import annotations
@@ -24,12 +31,33 @@ from epr_lightning.objectives.objective import Objective
 from epr_lightning.rollout.base import TokenBatch
 
 
+def _multi_rank() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class PolicyPassFn(Protocol):
     """The log-prob pass (``RLModule.policy_pass``): the current policy's, or ``model``'s."""
 
     def __call__(
         self, tokens: TokenBatch, *, grad: bool, model: torch.nn.Module | None = None
     ) -> PolicyPass: ...
+
+
+def scored_rows(rows: Tensor, skip: Tensor) -> Tensor:
+    """The rows of a minibatch that get the gradient pass: those not in ``skip`` ([N] bool), or the first one when
+    all are (so the minibatch still takes its optimizer step, on a zero gradient, and joins the all-reduce)."""
+    kept = rows[~skip[rows]]
+    return kept if len(kept) else rows[:1]
+
+
+def zero_advantage_group_frac(seq_adv: Tensor, group_index: Tensor) -> float:
+    """The share of groups (prompts) whose sequence advantages are all exactly 0."""
+    _, group = torch.unique(group_index, return_inverse=True)
+    nonzero = torch.zeros(int(group.max()) + 1, device=seq_adv.device)
+    nonzero.index_add_(0, group, (seq_adv != 0).float())
+    return float((nonzero == 0).float().mean())
 
 
 def minibatch_rows(n: int, num_minibatches: int | None, minibatch_size: int | None) -> int:
@@ -48,6 +76,7 @@ class UpdateSettings:
     minibatch_size: int | None = None
     grad_clip: float | None = 1.0
     max_nonfinite_updates: int = 3
+    skip_zero_advantage: bool = True  # leave inert rows (A = 0) out of the gradient pass; the same update
 
     def __post_init__(self) -> None:
         if self.ppo_epochs < 1:
@@ -255,16 +284,31 @@ class PolicyUpdate:
         n = len(tokens)
         mb = self.settings.rows_per_minibatch(n)
         orders = self.epoch_orders(n, mb, iteration)
-        old = self.old_policy(tokens, orders[0], mb)
+        skip = self.skipped_rows(seq_adv)
+        old = self.old_policy(tokens, orders[0], mb, skip)
         ref_logp = self._reference_logp(reference, tokens) if self.objective.needs_reference else None
         stats = UpdateAccumulator(tokens.input_ids.shape, device, self.settings.ppo_epochs)
+        scored = 0
         for epoch, order in enumerate(orders):
             for start in range(0, n, mb):
                 rows = order[start : start + mb].to(device)
-                step = self.minibatch_step(tokens, rows, seq_adv, old, ref_logp, iteration, optim)
+                step = self.minibatch_step(tokens, rows, seq_adv, old, ref_logp, iteration, optim, skip)
                 stats.add(epoch, step)
+                scored += len(step.rows)
         assert old.whole is not None  # the rollout has at least one row
-        return stats.result(old.whole, float(optim.optimizer.param_groups[0]["lr"]))
+        result = stats.result(old.whole, float(optim.optimizer.param_groups[0]["lr"]))
+        result.metrics["rollout/zero_adv_group_frac"] = zero_advantage_group_frac(seq_adv, tokens.group_index)
+        result.metrics["train/skipped_rows_frac"] = 1.0 - scored / (n * self.settings.ppo_epochs)
+        return result
+
+    @property
+    def skipping(self) -> bool:
+        """Rows with advantage 0 are left out of the gradient pass (the objective makes them inert)."""
+        return self.settings.skip_zero_advantage and self.objective.zero_advantage_rows_inert
+
+    def skipped_rows(self, seq_adv: Tensor) -> Tensor:
+        """[N] bool: the rows left out of the gradient pass (advantage exactly 0, when ``skipping``)."""
+        return (seq_adv == 0) if self.skipping else torch.zeros_like(seq_adv, dtype=torch.bool)
 
     def epoch_orders(self, n: int, mb: int, iteration: int) -> list[Tensor]:
         """The row order of each epoch: a fresh permutation per epoch (seeded by the iteration) when the rollout
@@ -275,11 +319,17 @@ class PolicyUpdate:
             for _ in range(self.settings.ppo_epochs)
         ]
 
-    def old_policy(self, tokens: TokenBatch, first_order: Tensor, mb: int) -> OldPolicy:
-        """π_old: a no-grad pass over the rows after the first minibatch; the first one's comes with its step."""
-        first = first_order[:mb].to(tokens.input_ids.device)  # the on-policy minibatch
-        rest = first_order[mb:].to(tokens.input_ids.device)
+    def old_policy(self, tokens: TokenBatch, first_order: Tensor, mb: int, skip: Tensor) -> OldPolicy:
+        """π_old: a no-grad pass over the rows after the first minibatch and the first minibatch's skipped rows;
+        its scored rows get theirs from its gradient pass."""
+        device = tokens.input_ids.device
+        whole_first = first_order[:mb].to(device)  # the on-policy minibatch
+        first = scored_rows(whole_first, skip)
+        rest = torch.cat([first_order[mb:].to(device), whole_first[~torch.isin(whole_first, first)]])
         old_rest = self.policy_pass(tokens.select(rest), grad=False).detached() if len(rest) else None
+        if old_rest is None and self.skipping and _multi_rank():
+            # another rank may have skipped rows there: join its no-grad pass (a collective under FSDP2)
+            self.policy_pass(tokens.select(first[:1]), grad=False)
         return OldPolicy(tokens.input_ids.shape, first, rest, old_rest)
 
     def minibatch_step(
@@ -291,9 +341,14 @@ class PolicyUpdate:
         ref_logp: Tensor | None,
         iteration: int,
         optim: Optimization,
+        skip: Tensor,
     ) -> MinibatchStep:
-        """Gradient pass over ``rows``, token advantages, loss, and one optimizer step."""
+        """Gradient pass over ``rows`` (less the ``skip`` ones), token advantages, loss, and one optimizer step.
+
+        The loss is normalised by the token and sequence counts of all of ``rows``, the skipped ones included."""
         obj = self.objective
+        normaliser = global_normaliser(tokens.loss_mask[rows], tokens.input_ids.device)
+        rows = scored_rows(rows, skip)
         sub = tokens.select(rows)
         width = sub.input_ids.shape[1]
         cur = self.policy_pass(sub, grad=True)
@@ -311,7 +366,7 @@ class PolicyUpdate:
             logp_fp32=cur.logp_fp32,
             old_logp_fp32=sub_old.logp_fp32,
         )
-        out = obj.compute_loss(batch, global_normaliser(sub.loss_mask, tokens.input_ids.device))
+        out = obj.compute_loss(batch, normaliser)
         norm = optimizer_step(optim, out.loss, self.settings.grad_clip, self.guard, iteration)
         transform_stats = {k: float(v) for t in obj.transforms for k, v in t.last_stats.items()}
         return MinibatchStep(rows, adv, out, transform_stats, norm)

@@ -92,6 +92,10 @@ class AdvantageTransform(Adaptable, ABC):
 
     #: True when the transform needs the exact full-vocab entropy.
     needs_entropy: bool = False
+    #: True when it maps A = 0 to exactly 0 token by token, and each token's output depends on that token's own
+    #: inputs only (no statistic over the minibatch): rows whose advantages are all 0 may then be left out of the
+    #: gradient pass (``update.py``) without changing any other row's advantages.
+    keeps_zero_advantage: bool = False
     #: What the last call measured (floats), logged per minibatch as ``policy/<name>``; a transform sets it in
     #: ``__call__``. Empty (read-only) until then, and for transforms that measure nothing.
     last_stats: Mapping[str, float] = MappingProxyType({})
@@ -113,6 +117,10 @@ class PolicyLoss(Adaptable, ABC):
 
     #: True when the loss is only valid strictly on-policy (one update per rollout, no ratio).
     on_policy_only: bool = False
+    #: True when a token with A = 0 has exactly zero loss and zero gradient and each row's loss depends on that
+    #: row only (no statistic over the minibatch): rows whose advantages are all 0 may then be left out of the
+    #: gradient pass (``update.py``) with the same update.
+    zero_advantage_inert: bool = False
 
     @abstractmethod
     def __call__(self, batch: PolicyBatch) -> LossOutput:

@@ -128,6 +128,8 @@ class PPOClipLoss(PolicyLoss):
             al.'s Clip-Cov recipe uses c = 10 with ε_low = ε_high = 1).
     """
 
+    zero_advantage_inert = True  # −min(r·A, clip(r)·A) (× a TIS weight): 0, and no gradient, at A = 0
+
     def __init__(
         self,
         eps_low: float = 0.2,
@@ -176,6 +178,8 @@ class GSPOLoss(PolicyLoss):
         tis_cap: optional truncated importance-sampling cap, as in ``PPOClipLoss``.
     """
 
+    zero_advantage_inert = True  # as PPO-clip; the sequence ratio is the row's own
+
     def __init__(self, eps_low: float = 3e-4, eps_high: float = 4e-4, tis_cap: float | None = None) -> None:
         self.eps_low, self.eps_high = _check_eps(eps_low, eps_high)
         self.tis_cap = _check_tis(tis_cap)
@@ -214,6 +218,8 @@ class REINFORCELoss(PolicyLoss):
     The paper runs RLOO this way (RLOO advantages + this loss).
     """
 
+    zero_advantage_inert = True  # −A·log π
+
     on_policy_only = True
 
     def __call__(self, batch: PolicyBatch) -> LossOutput:
@@ -225,6 +231,8 @@ class REINFORCELoss(PolicyLoss):
 
 class _CovWrapper(PolicyLoss):
     """A loss that wraps a base surrogate (``base`` is found by ``Objective.find`` and saved in its state)."""
+
+    zero_advantage_inert = False  # the covariance is centred over the minibatch; KL-Cov's penalty ignores A
 
     def __init__(self, base: PolicyLoss) -> None:
         if not isinstance(base, PolicyLoss):

@@ -88,6 +88,23 @@ class Objective:
     def on_policy_only(self) -> bool:
         return self.loss.on_policy_only
 
+    @property
+    def zero_advantage_rows_inert(self) -> bool:
+        """True when a row whose sequence advantage is 0 adds exactly nothing to the update, so the update may
+        leave it out of the gradient pass (``update.py``): the surrogate gives no gradient at A = 0
+        (``PolicyLoss.zero_advantage_inert``), every transform keeps A = 0 at 0 token by token
+        (``AdvantageTransform.keeps_zero_advantage``: REPO-R yes, REPO's A − β·L no), there is no extra term
+        (an entropy bonus or a KL acts at A = 0 too), and the aggregation's denominators do not depend on which
+        rows are scored (Dr.GRPO's constant is set; the token and sequence counts come from the whole minibatch).
+        """
+        fixed_norm = self.aggregation != "seq_mean_token_sum_norm" or self.norm_length is not None
+        return (
+            fixed_norm
+            and not self.terms
+            and self.loss.zero_advantage_inert
+            and all(t.keeps_zero_advantage for t in self.transforms)
+        )
+
     def check_settings(self, num_generations: int, single_step: bool) -> None:
         """Fail at config time, not after the first rollout: a strictly on-policy loss with more than one
         optimizer step per rollout, or a group size the advantage cannot use (GRPO's std or RLOO at G=1)."""
