@@ -17,13 +17,19 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+# A block ends at its closing tag, at the next opening tag (an unclosed block never swallows the next one) or at
+# the end of the text.
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
+_REPR = reprlib.Repr()  # a bounded repr of the values a model sends (nesting, long strings, long lists)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+EXPECTED = 'malformed tool call: expected {"name": str, "arguments": {...}}'
 
 
 class ToolError(Exception):
@@ -61,32 +67,59 @@ class ToolResult:
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
-    """All ``<tool_call>{json}</tool_call>`` blocks of ``text``, in order (an unclosed last block counts).
+    """All ``<tool_call>…</tool_call>`` blocks of ``text``, in order, as calls; no block at all → ``[]`` (a final answer).
 
-    A block that is not a JSON object with a string ``name`` and an object ``arguments`` gives a
-    ``ToolCall`` with ``error`` set. No block at all → ``[]`` (the turn is a final answer).
+    A block holds one call, ``{"name": str, "arguments": {...}}`` (Qwen, Hermes), or a JSON list of them (the
+    SmolLM2 family); both give the same calls, one per list element. An unclosed block ends at the next
+    ``<tool_call>`` or at the end of the text. What is not a call (not JSON, a wrong shape, an empty list, a list
+    element that is no call) gives a ``ToolCall`` with ``error`` set, never an exception.
     """
-    calls = []
+    calls: list[ToolCall] = []
     for raw in TOOL_CALL_RE.findall(text):
         try:
             obj = json.loads(raw.strip())
-        except (json.JSONDecodeError, RecursionError) as err:
+        except (
+            ValueError,
+            RecursionError,
+        ) as err:  # JSONDecodeError is a ValueError (so is a 5000-digit int)
             calls.append(ToolCall("?", {}, f"malformed tool call (not JSON: {str(err)[:80]})"))
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            calls.append(ToolCall("?", {}, 'malformed tool call: expected {"name": str, "arguments": {...}}'))
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        if isinstance(args, str):  # some templates/models send the arguments as a JSON string
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                args = None
-        if not isinstance(args, dict):
-            calls.append(ToolCall(obj["name"], {}, "malformed tool call: 'arguments' must be a JSON object"))
-            continue
-        calls.append(ToolCall(obj["name"], args))
+        if isinstance(obj, list):
+            if not obj:
+                calls.append(ToolCall("?", {}, "malformed tool call: an empty list of calls"))
+            calls += [_call_of(item) for item in obj]
+        else:
+            calls.append(_call_of(obj))
     return calls
+
+
+def _call_of(obj: Any) -> ToolCall:
+    """One decoded JSON value as a call (``error`` set when it is not ``{"name": str, "arguments": {...}}``)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return ToolCall("?", {}, EXPECTED)
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):  # some templates/models send the arguments as a JSON string
+        try:
+            args = json.loads(args)
+        except (ValueError, RecursionError):  # e.g. a thousand nested "[" inside the string
+            args = None
+    if not isinstance(args, dict):
+        return ToolCall(obj["name"], {}, "malformed tool call: 'arguments' must be a JSON object")
+    return ToolCall(obj["name"], args)
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """``text`` if it has at most ``max_chars`` characters, else its start and a marker ``… [truncated N chars]``
+    (N = the characters dropped), ``max_chars`` characters in all (``max_chars`` must fit the marker: >= 32)."""
+    if len(text) <= max_chars:
+        return text
+    keep = max_chars
+    for _ in range(4):  # the marker's length depends on N; two or three rounds settle it
+        marker = f"… [truncated {len(text) - keep} chars]"
+        if keep + len(marker) <= max_chars:
+            return text[:keep] + marker
+        keep = max(0, max_chars - len(marker))
+    return (text[:keep] + marker)[:max_chars]  # a cap shorter than the marker
 
 
 def _type_name(tp: Any) -> str:
@@ -189,7 +222,9 @@ class ToolSpec:
     def call(self, arguments: dict[str, Any]) -> ToolResult:
         unknown = sorted(set(arguments) - set(self.params))
         if unknown:
-            return ToolResult(self.name, error=f"unknown argument(s) {unknown}; expected {list(self.params)}")
+            return ToolResult(
+                self.name, error=f"unknown argument(s) {_REPR.repr(unknown)}; expected {list(self.params)}"
+            )
         for k, p in self.params.items():
             if k not in arguments:
                 if p.default is inspect.Parameter.empty:
@@ -198,7 +233,7 @@ class ToolSpec:
             if not check_value(arguments[k], self.hints[k]):
                 return ToolResult(
                     self.name,
-                    error=f"argument {k!r} must be {_type_name(self.hints[k])}, got {arguments[k]!r}",
+                    error=f"argument {k!r} must be {_type_name(self.hints[k])}, got {_REPR.repr(arguments[k])}",
                 )
         try:
             return ToolResult(self.name, result=self.fn(**arguments))

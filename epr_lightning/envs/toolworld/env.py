@@ -6,7 +6,7 @@ import copy
 from typing import Any, Literal
 
 from epr_lightning.envs.base import Environment, StepResult
-from epr_lightning.envs.toolworld.api import ToolResult, dispatch, parse_tool_calls, registry
+from epr_lightning.envs.toolworld.api import ToolResult, dispatch, parse_tool_calls, registry, truncate
 from epr_lightning.envs.toolworld.apps import APPS, build_apps
 from epr_lightning.envs.toolworld.tasks import TEMPLATES, generate_tasks
 from epr_lightning.envs.toolworld.verifier import verify
@@ -15,19 +15,24 @@ from epr_lightning.tasks.base import Example, Split
 INSTRUCTIONS = (
     "You complete the user's task by calling tools. To call a tool, write\n"
     '<tool_call>\n{"name": "<tool name>", "arguments": {<arguments as JSON>}}\n</tool_call>\n'
-    "You may call several tools in one turn. Each result comes back in a tool message. Look up ids before "
-    "using them. When the task is done, reply with a short final answer and no tool call."
+    "To call several tools at once, put a JSON list of calls in one block. The results come back in the next "
+    "message. Look up ids before using them. When the task is done, reply with a short final answer and no "
+    "tool call."
 )
+
+CALL_END = "</tool_call>"
+MIN_OBSERVATION_CHARS = 64
 
 
 class ToolWorld(Environment):
     """Offline apps (contacts, calendar, notes, payments, messages) driven by JSON tool calls.
 
-    A turn with one or more ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks runs them in
-    order (malformed or unknown calls answer an error, counted in ``episode/tool_errors``); a turn without one
-    is the final answer and ends the episode. The reward is 1 when the world's final state differs from the
-    start by exactly the task's required effects (see ``verifier``), else 0 — also when the rollout ends the
-    episode on a turn limit or token budget.
+    A turn with one or more ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (or a JSON list
+    of calls in a block, the SmolLM2 format) runs them in order (malformed or unknown calls answer an error,
+    counted in ``episode/tool_errors``); a turn without one is the final answer and ends the episode. The
+    results, one JSON line per call, are the observation, cut to ``max_observation_chars``. The reward is 1
+    when the world's final state differs from the start by exactly the task's required effects (see
+    ``verifier``), else 0 — also when the rollout ends the episode on a turn limit or token budget.
 
     Args:
         difficulties: levels to generate (1 = one call … 5 = five to seven calls with lookups), in turn.
@@ -39,7 +44,13 @@ class ToolWorld(Environment):
         tool_docs: "full" lists every tool's signature and summary in the system message; "none" leaves the
             documentation to the chat template's own ``tools=`` rendering (Qwen2.5, Llama 3.1, Hermes).
         instructions: the system message's text before the tool list (None = the built-in one).
-        max_calls_per_turn: calls beyond this in one turn are answered with an error, not run.
+        max_calls_per_turn: calls beyond this in one turn (list elements count) are answered with an error, not
+            run.
+        max_observation_chars: the longest observation in characters (not tokens): a longer one keeps its start
+            and ends with ``… [truncated N chars]``, so one broad result or error cannot eat the episode's
+            token budget.
+        stop_at_call_end: a model turn's generation stops at ``</tool_call>`` (the engines' stop strings; the
+            turn keeps it), so a turn holds at most one call block and cannot go on to invent its results.
     """
 
     def __init__(
@@ -53,6 +64,8 @@ class ToolWorld(Environment):
         tool_docs: Literal["full", "none"] = "full",
         instructions: str | None = None,
         max_calls_per_turn: int = 8,
+        max_observation_chars: int = 1500,
+        stop_at_call_end: bool = True,
     ) -> None:
         self.difficulties = list(difficulties) if difficulties is not None else sorted(TEMPLATES)
         if not self.difficulties:
@@ -65,6 +78,11 @@ class ToolWorld(Environment):
             raise ValueError(f"toolworld.tool_docs must be 'full' or 'none', got {tool_docs!r}")
         if max_calls_per_turn < 1:
             raise ValueError(f"toolworld.max_calls_per_turn must be >= 1, got {max_calls_per_turn}")
+        if max_observation_chars < MIN_OBSERVATION_CHARS:
+            raise ValueError(
+                f"toolworld.max_observation_chars must be >= {MIN_OBSERVATION_CHARS} (room for the truncation "
+                f"marker), got {max_observation_chars}"
+            )
         self.apps = list(apps) if apps is not None else list(APPS)
         build_apps({}, self.apps)  # unknown app names fail here, at config time
         for d in self.difficulties:  # so does a level with no task for these apps
@@ -74,6 +92,8 @@ class ToolWorld(Environment):
         self.tool_docs = tool_docs
         self.instructions = INSTRUCTIONS if instructions is None else instructions
         self.max_calls_per_turn = max_calls_per_turn
+        self.max_observation_chars = max_observation_chars
+        self.stop_at_call_end = stop_at_call_end
         self._specs = registry(build_apps(_empty_world(), self.apps))  # for docs and schemas only
 
     # ---------------------------------------------------------------- tasks
@@ -85,6 +105,9 @@ class ToolWorld(Environment):
 
     def tools(self) -> list[dict[str, Any]]:
         return [spec.schema() for spec in self._specs.values()]
+
+    def stop_strings(self) -> list[str]:
+        return [CALL_END] if self.stop_at_call_end else []
 
     def split_examples(self, split: str, n: int) -> list[Example]:
         """``n`` examples of the generator's ``split`` ("train", "dev" or "test")."""
@@ -127,7 +150,7 @@ class ToolWorld(Environment):
             else:
                 results.append(dispatch(self.tool_registry, call))
         errors = sum(r.error is not None for r in results)
-        observation = "\n".join(r.to_json() for r in results)
+        observation = truncate("\n".join(r.to_json() for r in results), self.max_observation_chars)
         return StepResult(observation, info={"tool_calls": float(len(calls)), "tool_errors": float(errors)})
 
     def final_reward(self) -> float:
