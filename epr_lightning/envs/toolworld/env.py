@@ -8,8 +8,9 @@ from typing import Any, Literal
 from epr_lightning.envs.base import Environment, StepResult
 from epr_lightning.envs.toolworld.api import ToolResult, dispatch, parse_tool_calls, registry, truncate
 from epr_lightning.envs.toolworld.apps import APPS, build_apps
-from epr_lightning.envs.toolworld.tasks import TEMPLATES, generate_tasks
-from epr_lightning.envs.toolworld.verifier import verify
+from epr_lightning.envs.toolworld.prompts import SHORT_INSTRUCTIONS, PromptStyle, system_message
+from epr_lightning.envs.toolworld.tasks import LEVELS, generate_tasks
+from epr_lightning.envs.toolworld.verifier import MAX_SHAPED, episode_reward
 from epr_lightning.tasks.base import Example, Split
 
 INSTRUCTIONS = (
@@ -51,6 +52,11 @@ class ToolWorld(Environment):
             token budget.
         stop_at_call_end: a model turn's generation stops at ``</tool_call>`` (the engines' stop strings; the
             turn keeps it), so a turn holds at most one call block and cannot go on to invent its results.
+        prompt_style: "full" = every tool; "short" = only the tools of the apps the task uses and one worked
+            example (a task and its exact ``<tool_call>`` reply), for small models (see ``prompts``).
+        shaped_reward: 0 (default) = the reward is the verifier's verdict, 1 or 0; w in (0, 0.5] = an
+            unverified episode earns ``w·(½·[a well-formed call ran] + ½·progress)`` ≤ w, always below a
+            success's 1 (success, pass@k and success per level count verified episodes only).
     """
 
     def __init__(
@@ -66,8 +72,10 @@ class ToolWorld(Environment):
         max_calls_per_turn: int = 8,
         max_observation_chars: int = 1500,
         stop_at_call_end: bool = True,
+        prompt_style: PromptStyle = "full",
+        shaped_reward: float = 0.0,
     ) -> None:
-        self.difficulties = list(difficulties) if difficulties is not None else sorted(TEMPLATES)
+        self.difficulties = list(difficulties) if difficulties is not None else list(LEVELS)
         if not self.difficulties:
             raise ValueError("toolworld.difficulties must not be empty")
         if num_train < 1 or num_val < 0:
@@ -90,18 +98,24 @@ class ToolWorld(Environment):
         self.num_train, self.num_val, self.val_split = num_train, num_val, val_split
         self.seed = seed
         self.tool_docs = tool_docs
-        self.instructions = INSTRUCTIONS if instructions is None else instructions
+        default = SHORT_INSTRUCTIONS if prompt_style == "short" else INSTRUCTIONS
+        self.instructions = default if instructions is None else instructions
         self.max_calls_per_turn = max_calls_per_turn
         self.max_observation_chars = max_observation_chars
         self.stop_at_call_end = stop_at_call_end
         self._specs = registry(build_apps(_empty_world(), self.apps))  # for docs and schemas only
+        self.prompt_style = prompt_style
+        self.system_message()  # an unknown style fails here, at config time
+        if not 0.0 <= shaped_reward <= MAX_SHAPED:
+            raise ValueError(f"toolworld.shaped_reward must be in [0, {MAX_SHAPED}], got {shaped_reward}")
+        self.shaped_reward = shaped_reward
+        self.reward_below_success = shaped_reward  # the most an unverified episode earns
 
     # ---------------------------------------------------------------- tasks
-    def system_message(self) -> str:
-        if self.tool_docs == "none":
-            return self.instructions
-        lines = [spec.signature_line() for spec in self._specs.values()]
-        return self.instructions + "\n\nTools:\n" + "\n".join(lines)
+    def system_message(self, task_apps: list[str] | None = None) -> str:
+        """The system message (short style: for a task whose solution uses ``task_apps``)."""
+        signatures = {name: spec.signature_line() for name, spec in self._specs.items()}
+        return system_message(self.prompt_style, self.instructions, signatures, self.tool_docs, task_apps)
 
     def tools(self) -> list[dict[str, Any]]:
         return [spec.schema() for spec in self._specs.values()]
@@ -111,9 +125,9 @@ class ToolWorld(Environment):
 
     def split_examples(self, split: str, n: int) -> list[Example]:
         """``n`` examples of the generator's ``split`` ("train", "dev" or "test")."""
-        system = self.system_message()
         out = []
         for i, spec in enumerate(generate_tasks(split, n, self.difficulties, self.seed, self.apps)):
+            system = self.system_message(spec.apps)
             messages = [{"role": "system", "content": system}, {"role": "user", "content": spec.instruction}]
             meta = {
                 "difficulty": spec.difficulty,
@@ -135,6 +149,7 @@ class ToolWorld(Environment):
         self.state = copy.deepcopy(self.start)
         self.required = example.meta["required"]
         self.tool_registry = registry(build_apps(self.state, self.apps))
+        self.good_calls = 0  # calls that ran without an error (for the shaped reward)
         return [dict(m) for m in example.messages or []]
 
     def step(self, action: str) -> StepResult:
@@ -150,11 +165,12 @@ class ToolWorld(Environment):
             else:
                 results.append(dispatch(self.tool_registry, call))
         errors = sum(r.error is not None for r in results)
+        self.good_calls += len(results) - errors
         observation = truncate("\n".join(r.to_json() for r in results), self.max_observation_chars)
         return StepResult(observation, info={"tool_calls": float(len(calls)), "tool_errors": float(errors)})
 
     def final_reward(self) -> float:
-        return 1.0 if verify(self.start, self.state, self.required) else 0.0
+        return episode_reward(self.start, self.state, self.required, self.good_calls, self.shaped_reward)
 
 
 def _empty_world() -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 Difficulty is the number of tool calls a correct solution needs, with lookups:
 
+    0  one write, every argument      ("Create a note titled 'Garden' with body 'tulips'.",
+       literally in the text           "Send the message 'On my way' to contact_id 3.")
     1  one write                       ("Create a note titled 'Garden' with the text 'tulips'.")
     2  a lookup then a write           ("Send Ada Lovelace a message saying 'On my way'.")
     3  lookups feeding one write       ("Schedule 'Demo' on 2026-03-04 at 10:00 with Ada and Alan.")
@@ -19,100 +21,28 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-FIRST = [
-    "Ada",
-    "Alan",
-    "Grace",
-    "Linus",
-    "Barbara",
-    "Donald",
-    "Edsger",
-    "Frances",
-    "Ken",
-    "Margaret",
-    "John",
-    "Radia",
-    "Tim",
-    "Hedy",
-    "Claude",
-    "Katherine",
-]
-LAST = [
-    "Lovelace",
-    "Turing",
-    "Hopper",
-    "Torvalds",
-    "Liskov",
-    "Knuth",
-    "Dijkstra",
-    "Allen",
-    "Thompson",
-    "Hamilton",
-    "Backus",
-    "Perlman",
-    "Lee",
-    "Lamarr",
-    "Shannon",
-    "Johnson",
-]
-NOTE_TITLES = [
-    "Groceries",
-    "Book ideas",
-    "Trip plan",
-    "Gift list",
-    "Garden",
-    "Recipes",
-    "Movie night",
-    "Packing",
-    "Chores",
-    "Podcasts",
-]
-EVENT_TITLES = [
-    "Standup",
-    "Dentist",
-    "Lunch",
-    "Yoga",
-    "Review",
-    "Coffee chat",
-    "Planning",
-    "Piano lesson",
-    "Book club",
-    "Demo",
-    "Haircut",
-    "Retro",
-]
-WORDS = [
-    "tulips",
-    "basil",
-    "milk",
-    "eggs",
-    "maps",
-    "tickets",
-    "socks",
-    "charger",
-    "lemons",
-    "stamps",
-    "candles",
-    "rice",
-    "paint",
-    "tea",
-    "batteries",
-    "gloves",
-]
-MEMOS = ["lunch", "tickets", "rent", "coffee", "groceries", "books", "taxi", "dinner", "concert", "gift"]
-MESSAGES = [
-    "See you soon",
-    "Thanks a lot",
-    "Running late",
-    "Call me back",
-    "Happy birthday",
-    "On my way",
-    "Meeting moved",
-    "All paid",
-]
+FIRST = "Ada Alan Grace Linus Barbara Donald Edsger Frances Ken Margaret John Radia Tim Hedy Claude Katherine".split()
+LAST = (
+    "Lovelace Turing Hopper Torvalds Liskov Knuth Dijkstra Allen Thompson Hamilton Backus Perlman Lee Lamarr "
+    "Shannon Johnson"
+).split()
+NOTE_TITLES = (
+    "Groceries|Book ideas|Trip plan|Gift list|Garden|Recipes|Movie night|Packing|Chores|Podcasts".split("|")
+)
+EVENT_TITLES = (
+    "Standup|Dentist|Lunch|Yoga|Review|Coffee chat|Planning|Piano lesson|Book club|Demo|Haircut|Retro"
+).split("|")
+WORDS = (
+    "tulips basil milk eggs maps tickets socks charger lemons stamps candles rice paint tea batteries gloves"
+).split()
+MEMOS = "lunch tickets rent coffee groceries books taxi dinner concert gift".split()
+MESSAGES = (
+    "See you soon|Thanks a lot|Running late|Call me back|Happy birthday|On my way|Meeting moved|All paid"
+).split("|")
+LEVELS = [1, 2, 3, 4, 5]  # the default mix (difficulty 0 is opt-in)
 SPLITS = {"train": range(0, 8), "dev": range(8, 9), "test": range(9, 10)}
 
 
@@ -125,6 +55,7 @@ class TaskSpec:
     required: list[list[Any]]
     difficulty: int
     template: str
+    apps: list[str] = field(default_factory=list)  # the apps a solution uses
 
     def key(self) -> str:
         return json.dumps([self.instruction, self.world], sort_keys=True)
@@ -207,6 +138,59 @@ def _iou_note(rng: random.Random, w: dict[str, Any]) -> tuple[dict[str, Any], di
     }
     w["notes"].append(note)
     return note, person, amount
+
+
+# Difficulty 0: one write whose every argument is written in the instruction (ids included): no lookup.
+def t0_note(rng, w):
+    title, body = _new_title(rng, NOTE_TITLES, w["notes"]), rng.choice(WORDS)
+    return f"Create a note titled '{title}' with body '{body}'.", [["notes.created", title, body]]
+
+
+def t0_append(rng, w):
+    n, text = rng.choice(w["notes"]), rng.choice(WORDS)
+    return (
+        f"Append the text '{text}' to the note with note_id {n['id']}.",
+        [["notes.changed", n["id"], n["title"], f"{n['body']}\n{text}"]],
+    )
+
+
+def t0_contact(rng, w):
+    taken = {c["name"] for c in w["contacts"]}
+    name = rng.choice([f"{f} {last}" for f in FIRST for last in LAST if f"{f} {last}" not in taken])
+    phone = f"555-{rng.randint(1000, 9999)}"
+    return f"Add a contact named '{name}' with phone '{phone}'.", [["contacts.added", name, phone, ""]]
+
+
+def t0_phone(rng, w):
+    cid, phone = rng.randint(1, 6), f"555-{rng.randint(1000, 9999)}"
+    return f"Change the phone of contact_id {cid} to '{phone}'.", [["contacts.phone_changed", cid, phone]]
+
+
+def t0_event(rng, w):
+    title, date, time = _new_title(rng, EVENT_TITLES, w["calendar"]), _date(rng), _time(rng)
+    ids = sorted(rng.sample(range(1, 7), rng.randint(1, 2)))
+    return (
+        f"Create an event titled '{title}' on {date} at {time} with attendees {json.dumps(ids)}.",
+        [["calendar.created", title, date, time, ",".join(map(str, ids))]],
+    )
+
+
+def t0_delete(rng, w):
+    e = rng.choice(w["calendar"])
+    return f"Delete the event with event_id {e['id']}.", [["calendar.deleted", e["id"]]]
+
+
+def t0_message(rng, w):
+    cid, text = rng.randint(1, 6), rng.choice(MESSAGES)
+    return f"Send the message '{text}' to contact_id {cid}.", [["messages.sent", cid, text]]
+
+
+def t0_pay(rng, w):
+    cid, amount, memo = rng.randint(1, 6), _amount(rng), rng.choice(MEMOS)
+    return (
+        f"Pay contact_id {cid} the amount {amount:.2f} with memo '{memo}'.",
+        [["payments.sent", cid, f"{amount:.2f}", memo]],
+    )
 
 
 # Each template: (rng, world) -> (instruction, required effects); it may add what it needs to the world.
@@ -317,8 +301,18 @@ def t_reschedule(rng, w):
 
 
 Template = Callable[[random.Random, dict[str, Any]], tuple[str, list[list[Any]]]]
-#: difficulty -> [(name, apps the solution uses, template)]
+#: difficulty -> [(name, apps the solution uses, template)]; levels 1-5 by default, 0 when asked for
 TEMPLATES: dict[int, list[tuple[str, set[str], Template]]] = {
+    0: [
+        ("note_create_literal", {"notes"}, t0_note),
+        ("note_append_literal", {"notes"}, t0_append),
+        ("contact_add_literal", {"contacts"}, t0_contact),
+        ("update_phone_literal", {"contacts"}, t0_phone),
+        ("event_create_literal", {"calendar"}, t0_event),
+        ("event_delete_literal", {"calendar"}, t0_delete),
+        ("message_literal", {"messages"}, t0_message),
+        ("pay_literal", {"payments"}, t0_pay),
+    ],
     1: [
         ("note_create", {"notes"}, t_note_create),
         ("contact_add", {"contacts"}, t_contact_add),
@@ -351,7 +345,11 @@ def templates_for(difficulty: int, apps: list[str]) -> list[tuple[str, set[str],
 
 
 def generate_tasks(split: str, n: int, difficulties: list[int], seed: int, apps: list[str]) -> list[TaskSpec]:
-    """``n`` tasks of ``split`` ("train" | "dev" | "test"), difficulties in turn (d₁, d₂, …, d₁, …)."""
+    """``n`` tasks of ``split`` ("train" | "dev" | "test"), difficulties in turn (d₁, d₂, …, d₁, …).
+
+    The list is cycled as given, so a repeated level weighs the mix: ``[0, 0, 1]`` gives two level-0 tasks for
+    every level-1 task (task ``i`` has level ``difficulties[i % len(difficulties)]``).
+    """
     if split not in SPLITS:
         raise ValueError(f"tool-world split must be one of {list(SPLITS)}, got {split!r}")
     for d in difficulties:
@@ -366,10 +364,10 @@ def generate_tasks(split: str, n: int, difficulties: list[int], seed: int, apps:
         if attempts > 200 * max(n, 1) + 1000:
             raise RuntimeError(f"could not generate {n} distinct {split} tasks")
         d = difficulties[len(out) % len(difficulties)]
-        name, _, make = rng.choice(templates_for(d, apps))
+        name, uses, make = rng.choice(templates_for(d, apps))
         world = make_world(rng)
         instruction, required = make(rng, world)
-        spec = TaskSpec(instruction, world, required, d, name)
+        spec = TaskSpec(instruction, world, required, d, name, sorted(uses))
         if spec.bucket() in SPLITS[split] and spec.key() not in seen:
             seen.add(spec.key())
             out.append(spec)

@@ -6,6 +6,9 @@ when the effects of its final state are exactly those: every required change hap
 else changed (a payment to the wrong person, a duplicate message, a deleted event that should stay — all
 forbidden side effects). Read-only calls change nothing and so are always allowed. Texts are compared after
 ``normalise`` (case, surrounding whitespace/quotes/final period, runs of spaces).
+
+``episode_reward`` is the reward: the verdict (1 or 0), or with a shaped weight ``w`` (≤ 0.5, off by default)
+``w·(½·[a well-formed call ran] + ½·progress)`` for an unverified episode — always below a success's 1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 Effect = tuple
+MAX_SHAPED = 0.5  # the most an unverified episode can earn with the shaped reward on (a success earns 1)
 
 
 def normalise(text: str) -> str:
@@ -94,3 +98,30 @@ def missing_and_extra(
     """Required effects not reached, and side effects not asked for (for logs and tests)."""
     got, want = Counter(effects(before, after)), Counter(canonical(e) for e in required)
     return sorted((want - got).elements(), key=repr), sorted((got - want).elements(), key=repr)
+
+
+def progress(before: dict[str, Any], after: dict[str, Any], required: list[list | tuple]) -> float:
+    """Partial progress in [0, 1]: required effects reached, less side effects (each cancels one), over the
+    number required (floored at 0). 1 only when ``verify`` holds."""
+    got, want = Counter(effects(before, after)), Counter(canonical(e) for e in required)
+    reached, extra = sum((got & want).values()), sum((got - want).values())
+    return max(reached - extra, 0) / max(sum(want.values()), 1)
+
+
+def episode_reward(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    required: list[list | tuple],
+    good_calls: int = 0,
+    shaped: float = 0.0,
+) -> float:
+    """1 when ``verify`` holds; otherwise ``shaped · (½·[a well-formed call ran] + ½·progress)``, at most
+    ``shaped`` (≤ 0.5), so any unverified episode stays strictly below a verified one. ``shaped = 0`` (the
+    default) is the plain verifier verdict, 1 or 0."""
+    if not 0.0 <= shaped <= MAX_SHAPED:
+        raise ValueError(f"the shaped reward must be in [0, {MAX_SHAPED}], got {shaped}")
+    if verify(before, after, required):
+        return 1.0
+    if shaped == 0.0:
+        return 0.0
+    return shaped * (0.5 * float(good_calls > 0) + 0.5 * progress(before, after, required))
