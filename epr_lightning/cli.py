@@ -4,6 +4,7 @@ Model (``RLModule``), data (``PromptDataModule``), the policy source, rollout en
 pieces and callbacks are all chosen by ``class_path`` in YAML; later ``--config`` files override earlier ones.
 ``epr-lightning export CKPT OUT_DIR`` writes a checkpoint as a Hugging Face folder (``export_cli.py``);
 ``epr-lightning configs`` lists the shipped configs, which ``--config`` takes by short name (``config_hub.py``).
+``epr-lightning sft --config configs/sft/<x>.yaml`` runs the warm-start SFT stage (``SFTCLI``, ``sft.py``).
 """
 
 from __future__ import annotations
@@ -117,6 +118,68 @@ class EPRLightningCLI(LightningCLI):
         return trainer
 
 
+class SFTCLI(LightningCLI):
+    """``epr-lightning sft``: supervised fine-tuning on demonstrations (``sft.SFTModule`` +
+    ``sft_data.ChatDataModule``), whose checkpoint ``fit`` starts from via ``model.init_args.init_weights``.
+
+    Defaults as ``fit``'s where they apply: seeded, atomic checkpoints, and — without a ``ModelCheckpoint`` in
+    ``trainer.callbacks`` — a ``RolloutCheckpoint(every_n_iterations=100)`` counting optimizer steps, which
+    always writes ``last.ckpt`` when training ends (its path is printed).
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"trainer.log_every_n_steps": 1, "trainer.num_sanity_val_steps": 0})
+        parser.add_argument(
+            "--atomic_checkpoints",
+            type=bool,
+            default=True,
+            help="Write checkpoints to a temp file, fsync, then rename (a kill never leaves a torn file).",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer_cfg.get("enable_checkpointing") is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
+            callbacks.append(RolloutCheckpoint(every_n_iterations=100))
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        if self._get(self.config_init, "atomic_checkpoints", default=True):
+            install_atomic_checkpoint_io(trainer)
+        return trainer
+
+    def after_fit(self) -> None:
+        saved = [
+            c.last_model_path for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
+        ]
+        last = next((p for p in saved if p), None)
+        if last and self.trainer.is_global_zero:
+            print(f"epr-lightning sft: wrote {last} (fit from it: --model.init_args.init_weights {last})")
+
+
+def build_sft_cli(args: list[str], run: bool = True, exit_on_error: bool = True) -> SFTCLI:
+    """The ``sft`` CLI over ``args``, the command line after ``sft`` (``--config x.yaml ...``)."""
+    from epr_lightning.sft import SFTModule
+    from epr_lightning.sft_data import ChatDataModule
+
+    return SFTCLI(
+        SFTModule,
+        ChatDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": exit_on_error, "prog": "epr-lightning sft"},
+        args=["fit", *args] if run else list(args),
+        run=run,
+    )
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -146,7 +209,8 @@ def build_cli(args: ArgsType = None, run: bool = True, exit_on_error: bool = Tru
             "exit_on_error": exit_on_error,
             "epilog": "--config takes a file or a shipped config's short name (`epr-lightning configs` lists "
             "them: demo, method/repo_r, ...). epr-lightning export CKPT OUT_DIR writes a checkpoint as a "
-            "Hugging Face folder (epr-lightning export --help).",
+            "Hugging Face folder (epr-lightning export --help); epr-lightning sft --config configs/sft/<x>.yaml "
+            "fine-tunes on demonstrations first (a checkpoint for --model.init_args.init_weights).",
         },
         args=args,
         run=run,
@@ -173,7 +237,12 @@ def main(args: ArgsType = None) -> None:
     try:
         if isinstance(argv, list):  # --config demo / method/repo_r: the shipped configs by short name
             args = resolve_config_args([str(a) for a in argv])
-        build_cli(args, exit_on_error=debug)  # with EPR_DEBUG, jsonargparse prints usage + report, exits 2
+        if isinstance(args, list) and args[:1] == ["sft"]:
+            build_sft_cli(args[1:], exit_on_error=debug)
+        else:
+            build_cli(
+                args, exit_on_error=debug
+            )  # with EPR_DEBUG, jsonargparse prints usage + report, exits 2
     except ArgumentError as err:  # a bad config file, key, type or class_path: caught while parsing
         print(f"epr-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
