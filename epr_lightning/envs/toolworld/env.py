@@ -109,7 +109,6 @@ class ToolWorld(Environment):
         if not 0.0 <= shaped_reward <= MAX_SHAPED:
             raise ValueError(f"toolworld.shaped_reward must be in [0, {MAX_SHAPED}], got {shaped_reward}")
         self.shaped_reward = shaped_reward
-        self.reward_below_success = shaped_reward  # the most an unverified episode earns
 
     # ---------------------------------------------------------------- tasks
     def system_message(self, task_apps: list[str] | None = None) -> str:
