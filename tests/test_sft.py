@@ -173,7 +173,8 @@ def test_a_bad_line_is_one_error_naming_file_line_and_field(tmp_path: Path, line
         read_conversations(path)
 
 
-def test_the_cli_reports_a_bad_line_in_one_line(tmp_path: Path, capsys) -> None:
+def test_the_cli_reports_a_bad_line_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + '{"messages": [{"role": "bot", "content": "x"}]}\n')
     with pytest.raises(SystemExit) as exit_:
@@ -230,7 +231,8 @@ def test_sft_writes_a_checkpoint_that_fit_starts_from(tmp_path: Path, monkeypatc
     assert not torch.equal(cli.model.policy.state_dict()[name], sft[name])  # and trained on from there
 
 
-def test_val_loss_is_logged_on_the_held_out_share(tmp_path: Path) -> None:
+def test_val_loss_is_logged_on_the_held_out_share(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the saved config.yaml goes there
     cli = build_sft_cli(
         ["--config", str(SFT / "tiny.yaml"), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
          "--trainer.max_steps", "6", "--trainer.enable_progress_bar", "false"],
@@ -242,3 +244,33 @@ def test_val_loss_is_logged_on_the_held_out_share(tmp_path: Path) -> None:
     after = float(cli.trainer.callback_metrics["val/loss"])
     assert len(cli.datamodule.val_conversations) == 2  # 25% of the 8 example conversations
     assert after < before  # the held-out demonstrations got likelier
+
+
+def test_a_lora_sft_checkpoint_loads_into_fit_with_the_same_lora(tmp_path: Path, monkeypatch) -> None:
+    from lightning.pytorch import Trainer
+
+    from epr_lightning.lora import LoRAConfig
+    from epr_lightning.models import TinyModel
+    from epr_lightning.module import RLModule
+
+    monkeypatch.chdir(tmp_path)
+    lora = LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    module = SFTModule(
+        policy=TinyModel(hidden_size=64, num_layers=2), lora=lora,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+    )  # fmt: skip
+    data = ChatDataModule(str(SFT / "example_demos.jsonl"), val_fraction=0.25, batch_size=2)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "sft.ckpt")
+    rl = RLModule(
+        policy=TinyModel(hidden_size=64, num_layers=2), lora=lora, init_weights=str(tmp_path / "sft.ckpt")
+    )
+    rl.configure_model()
+    sft, loaded = module.policy.state_dict(), rl.policy.state_dict()
+    assert sft.keys() == loaded.keys() and all(torch.equal(sft[k], loaded[k]) for k in sft)
+    trained = [k for k in sft if "lora_B" in k]
+    assert trained and all(sft[k].abs().sum() > 0 for k in trained)  # peft starts B at 0: SFT trained them
