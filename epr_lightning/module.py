@@ -39,7 +39,7 @@ from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.rollout.kinds import SampleKind, rollout_kind
 from epr_lightning.tasks.base import Example
 from epr_lightning.update import Optimization, PolicyUpdate, UpdateSettings, UpdateStats
-from epr_lightning.validation import run_validation_now, validation_results
+from epr_lightning.validation import run_validation_now, validation_entropy, validation_results
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -349,9 +349,9 @@ class RLModule(pl.LightningModule):
         rollout = self.rollout(prompts, self.val_num_generations)
         scores = self.samples.score(prompts.examples, rollout)
         tokens = rollout.to_batch(self.pad_id, self.device)
-        old = self.policy_pass(tokens, grad=False)
+        h = validation_entropy(rollout, tokens, lambda: self.policy_pass(tokens, grad=False))  # [N, T]
         size = len(prompts.examples)
-        metrics, groups = validation_results(self.tokenizer, prompts.examples, tokens, old, scores, rollout)
+        metrics, groups = validation_results(self.tokenizer, prompts.examples, tokens, h, scores, rollout)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True)
         for name, value, n in self.samples.validation_metrics(rollout):  # e.g. success per difficulty

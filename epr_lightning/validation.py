@@ -4,6 +4,7 @@ that gives every run a baseline before its first update."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,9 +22,23 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def validation_entropy(
+    rollout: Rollout, tokens: TokenBatch, policy_pass: Callable[[], PolicyPass]
+) -> torch.Tensor:
+    """[N, T] entropy of the policy at the completion tokens (aligned with ``tokens.loss_mask``): the one the
+    engine recorded while sampling when it has it (the HF engine samples from the trained module itself, with
+    fp32 logits: the same numbers, without a second pass over every sample), else ``policy_pass()``'s."""
+    if rollout.sampler_entropy is None:
+        return policy_pass().entropy
+    out = torch.zeros_like(tokens.loss_mask)
+    for i, (prompt, h) in enumerate(zip(rollout.prompt_ids, rollout.sampler_entropy, strict=True)):
+        out[i, len(prompt) : len(prompt) + len(h)] = torch.tensor(h, dtype=out.dtype)
+    return out
+
+
 def validation_metrics(
     tokens: TokenBatch,
-    old: PolicyPass,
+    entropy: torch.Tensor,
     scores: RolloutScores,
     rollout: Rollout,
     num_generations: int,
@@ -32,7 +47,7 @@ def validation_metrics(
     mask, rewards, correct, answers = tokens.loss_mask, scores.rewards, scores.correct, scores.answers
     out: dict[str, float] = {
         "reward_mean": float(rewards.mean()),
-        "entropy": float(masked_mean(old.entropy, mask)),
+        "entropy": float(masked_mean(entropy, mask)),
         "completion_len": float(mask.sum(dim=1).float().mean()),
     }
     groups_correct = group_by(correct.tolist(), rollout.group_index)
@@ -84,7 +99,7 @@ def validation_results(
     tokenizer: Any,
     examples: list[Example],
     tokens: TokenBatch,
-    old: PolicyPass,
+    entropy: torch.Tensor,
     scores: RolloutScores,
     rollout: Rollout,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -92,17 +107,17 @@ def validation_results(
     and one JSON-able record per prompt: its id, samples ``n``, correct ``c``, the answers and correctness per
     sample, and token-entropy sums (all tokens / answer tokens)."""
     metrics = validation_metrics(
-        tokens, old, scores, rollout, len(rollout) // max(1, len(set(rollout.group_index)))
+        tokens, entropy, scores, rollout, len(rollout) // max(1, len(set(rollout.group_index)))
     )
     mask = tokens.loss_mask
     answer_mask = answer_positions(tokenizer, rollout, scores.answers, mask.shape[1]).to(mask.device) * mask
     rest = mask - answer_mask
     if answer_mask.sum() > 0:
-        metrics["entropy_answer"] = float(masked_mean(old.entropy, answer_mask))
+        metrics["entropy_answer"] = float(masked_mean(entropy, answer_mask))
     if rest.sum() > 0:
-        metrics["entropy_rest"] = float(masked_mean(old.entropy, rest))
-    h = (old.entropy.float() * mask).sum(dim=1).tolist()
-    h_answer = (old.entropy.float() * answer_mask).sum(dim=1).tolist()
+        metrics["entropy_rest"] = float(masked_mean(entropy, rest))
+    h = (entropy.float() * mask).sum(dim=1).tolist()
+    h_answer = (entropy.float() * answer_mask).sum(dim=1).tolist()
     n_tokens, n_answer = mask.sum(dim=1).tolist(), answer_mask.sum(dim=1).tolist()
     records: list[dict[str, Any]] = []
     by_group = group_by(list(range(len(rollout))), rollout.group_index)

@@ -83,7 +83,7 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys, monkeypatch):
         "--config", str(ROOT / "configs" / "tiny_cpu.yaml"),
         "--methods", "grpo", "repo_r", "--seeds", "0", "1",
         "--set", "data.init_args.batches_per_epoch=2",
-        "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--pairs", "grpo:repo_r",
     ]  # fmt: skip
     first = tool.main(argv)
     assert [(r["method"], r["seed"]) for r in first["rows"]] == [
@@ -96,7 +96,11 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys, monkeypatch):
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {"method", "seed", "entropy_change_pct", "reward_final"} <= set(rows[0])
     assert all(r["iterations"] == "2" for r in rows)
+    # the per-prompt columns come from the runs' validation records (4 samples per prompt: pass@k up to 4)
+    assert {"pass_at_1", "pass_at_4", "coverage_rare", "entropy_answer"} <= set(rows[0])
+    assert all(0.0 <= float(r["pass_at_1"]) <= float(r["pass_at_4"]) <= 1.0 for r in rows)
     table = (tmp_path / "out" / "table.md").read_text()
+    assert "| grpo → repo_r | 2 |" in table and "Pre-registered claims" in table
     assert "| grpo | 2 |" in table and "| repo_r | 2 |" in table and "tools/compare_methods.py" in table
     for png in ("entropy.png", "reward.png", "pair_grpo_repo_r.png", "summary.png", "tradeoff.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000

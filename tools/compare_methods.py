@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import lab  # noqa: E402  (tools/lab.py: the lab's arithmetic)
+import lab_pairs  # noqa: E402  (same-base pairs and the pre-registered claims)
+import lab_records  # noqa: E402  (per-prompt validation records)
 
 # The configs a run uses are hashed by content (lab configs, method YAML, overrides), so the code version only
 # covers the code: a new method YAML does not invalidate the other methods' cached runs.
@@ -131,8 +133,9 @@ class Lab:
                 f"compare_methods: {label} failed (exit {proc.returncode}); log {log_file}:\n{tail}"
             )
         series = load_series(log_dir)
+        groups = {str(i): r for i, r in lab_records.load_records(log_dir).items()}
         result = {"label": label, "key": key, "code": self.version, "wall_s": wall, "log_dir": str(log_dir),
-                  "series": series, "command": cmd}  # fmt: skip
+                  "series": series, "val_groups": groups, "command": cmd}  # fmt: skip
         cached.write_text(json.dumps(result))
         s = lab.summarize_run(series, wall)
         print(
@@ -184,6 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threshold", type=float, default=0.5, help="task-B reward for 'iterations to threshold'")
     p.add_argument("--pair", nargs=2, default=["grpo", "repo_r"], help="methods drawn side by side")
     p.add_argument("--claim", nargs=2, default=["repo_r", "grpo"], help="METHOD BASELINE of the core claim")
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=[],
+        metavar="BASE:METHOD",
+        help="same-base pairs: paired differences with bootstrap intervals and the pre-registered claims",
+    )
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
     p.add_argument("--no-plots", action="store_true", help="write the CSVs and table.md only (no PNGs)")
     p.add_argument(
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not Path(c).is_file():
             raise SystemExit(f"compare_methods: config {c} does not exist")
     methods = {Path(m).stem: method_config(m) for m in args.methods}
+    pairs = lab_pairs.parse_pairs(args.pairs, methods)
     sets = set_args(args.set)
     lab_runs = Lab(args)
     base = [a for c in lab_runs.configs for a in ("--config", str(c))]
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if res is None:
                     continue
                 results[name, seed] = res
-                summary = lab.summarize_run(res["series"], res["wall_s"])
+                summary = {**lab.summarize_run(res["series"], res["wall_s"]), **lab_pairs.record_summary(res)}
                 rows.append(
                     {"method": name, "seed": seed, "code": res["code"], "config_hash": chash, **summary}
                 )
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not rows:  # --cached-only before any run has finished
         print("compare_methods: no finished runs yet, nothing to report", flush=True)
         return {"rows": rows, "sequential": sequential, "claim": claim}
-    write_outputs(out, rows, curves, sequential, claim, args, chash, lab_runs.version)
+    fair = (lab_pairs.pair_runs(results), pairs)
+    write_outputs(out, rows, curves, sequential, claim, args, chash, lab_runs.version, fair)
     return {"rows": rows, "sequential": sequential, "claim": claim}
 
 
@@ -290,7 +302,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, version: str) -> None:
+def write_outputs(
+    out: Path, rows, curves, sequential, claim, args, chash: str, version: str, fair=({}, [])
+) -> None:
     from lab_plots import plot_lab
 
     write_csv(out / "runs.csv", rows)
@@ -299,6 +313,7 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
     command = "python tools/compare_methods.py " + " ".join(
         [f"--config {c}" for c in args.config] + ["--methods", *args.methods, "--seeds", *map(str, args.seeds)]
         + [f"--set {s}" for s in args.set] + ([f"--vary {args.vary}"] if args.vary else []) + ["--out", args.out]
+        + (["--pairs", *args.pairs] if args.pairs else [])
         + ([f"--then {args.then} --then-iterations {args.then_iterations} --threshold {args.threshold}"]
            if args.then else [])
     )  # fmt: skip
@@ -325,6 +340,7 @@ def write_outputs(out: Path, rows, curves, sequential, claim, args, chash: str, 
         lab.method_table(rows),
         "",
     ]
+    lines += lab_pairs.fair_sections(rows, *fair)
     a, b = args.claim
     lines += [f"Core claim: {a}'s entropy (val) ends within ±15% of its initial value on every seed "
               f"({'yes' if claim['in_band'] else 'no'}) and its final reward, {claim['reward']:.3f} (mean over seeds), "

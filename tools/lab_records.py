@@ -90,8 +90,8 @@ def summarize(
 
 
 def per_prompt(records: Sequence[Record], k: int) -> dict[str, float]:
-    """id → that prompt's unbiased pass@k."""
-    return {r["id"]: pass_at_k(r["n"], r["c"], k) for r in records}
+    """id → that prompt's unbiased pass@k (NaN when it has fewer than k samples)."""
+    return {r["id"]: pass_at_k(r["n"], r["c"], k) if r["n"] >= k else math.nan for r in records}
 
 
 def paired_bootstrap(

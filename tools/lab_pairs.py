@@ -1,0 +1,170 @@
+"""Same-base pairs and the fair lab's pre-registered claims: a method against the base it modifies, per seed,
+with paired bootstrap intervals over the validation prompts (``lab_records.paired_bootstrap``).
+
+Pure functions over the lab's runs (``{(method, seed): run}`` with ``run["first"]`` / ``run["last"]`` the first
+and last validation's per-prompt records and ``run["entropy_change_pct"]``), tested on hand-made runs.
+
+The claims, fixed before the runs (docs/results.md, "The fair lab"), for a method M and its base B over the
+seeds both ran: (a) M's pass@16 ≥ B's (mean over seeds of the per-prompt difference ≥ 0; the interval is
+reported); (b) M's pass@1 ≥ B's − 0.05; (c) M's validation entropy change, averaged over seeds, within ±15%.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lab  # tools/ is a folder of scripts
+import lab_records as lr
+
+PASS16_MARGIN, PASS1_MARGIN, ENTROPY_BAND_PCT = 0.0, 0.05, 15.0
+
+
+def paired_difference(
+    runs: dict, base: str, method: str, k: int, which: str = "last", n_boot: int = 4000
+) -> tuple[float, float, float, int]:
+    """(mean, low, high, seeds) of method − base in pass@k over the prompts both validated, per seed."""
+    seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+    diffs = []
+    for s in seeds:
+        mine, theirs = lr.per_prompt(runs[method, s][which], k), lr.per_prompt(runs[base, s][which], k)
+        diffs.append([mine[i] - theirs[i] for i in mine if i in theirs])
+    mean, low, high = lr.paired_bootstrap(diffs, n_boot=n_boot)
+    return mean, low, high, len(seeds)
+
+
+def claims(runs: dict, base: str, method: str, n_boot: int = 4000) -> dict:
+    """The three pre-registered claims for ``method`` against ``base``: values, intervals, holds or not."""
+    d16 = paired_difference(runs, base, method, 16, n_boot=n_boot)
+    d1 = paired_difference(runs, base, method, 1, n_boot=n_boot)
+    seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+    changes = [runs[method, s]["entropy_change_pct"] for s in seeds]
+    mean_change = sum(changes) / len(changes) if changes else math.nan
+    return {
+        "seeds": seeds,
+        "a": {"diff": d16[:3], "holds": math.isfinite(d16[0]) and d16[0] >= PASS16_MARGIN},
+        "b": {"diff": d1[:3], "holds": math.isfinite(d1[0]) and d1[0] >= -PASS1_MARGIN},
+        "c": {"change": mean_change, "per_seed": changes,
+              "holds": math.isfinite(mean_change) and abs(mean_change) <= ENTROPY_BAND_PCT},
+    }  # fmt: skip
+
+
+def _interval(mean: float, low: float, high: float) -> str:
+    return "–" if not math.isfinite(mean) else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def pair_table(
+    runs: dict, pairs: Sequence[tuple[str, str]], ks: Sequence[int] = lr.KS, n_boot: int = 4000
+) -> str:
+    """Markdown: one line per (base, method) pair, the paired difference in pass@k at the last validation
+    (mean over seeds [95% interval]) and both entropy changes (mean over seeds)."""
+    header = ["base → method", "seeds", *(f"Δ pass@{k}" for k in ks), "entropy change % base / method"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for base, method in pairs:
+        seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+        if not seeds:
+            continue
+        cells = [f"{base} → {method}", str(len(seeds))]
+        cells += [_interval(*paired_difference(runs, base, method, k, n_boot=n_boot)[:3]) for k in ks]
+        hb = sum(runs[base, s]["entropy_change_pct"] for s in seeds) / len(seeds)
+        hm = sum(runs[method, s]["entropy_change_pct"] for s in seeds) / len(seeds)
+        cells.append(f"{hb:+.1f} / {hm:+.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims_section(runs: dict, pairs: Sequence[tuple[str, str]], n_boot: int = 4000) -> str:
+    """Markdown: each pre-registered claim of each pair as holds / does not hold, with its numbers."""
+    word = {True: "**holds**", False: "**does not hold**"}
+    lines = [
+        "| base → method | seeds | (a) Δ pass@16 ≥ 0 | (b) Δ pass@1 ≥ −0.05 | (c) entropy change within ±15% |",
+        "|---|---|---|---|---|",
+    ]
+    for base, method in pairs:
+        c = claims(runs, base, method, n_boot=n_boot)
+        if not c["seeds"]:
+            continue
+        per_seed = ", ".join(f"{v:+.0f}" for v in c["c"]["per_seed"])
+        lines.append(
+            f"| {base} → {method} | {len(c['seeds'])} | {_interval(*c['a']['diff'])}: {word[c['a']['holds']]} | "
+            f"{_interval(*c['b']['diff'])}: {word[c['b']['holds']]} | {c['c']['change']:+.1f}% "
+            f"(seeds {per_seed}): {word[c['c']['holds']]} |"
+        )
+    return "\n".join(lines)
+
+
+#: the fair lab's per-prompt columns (``record_summary``), shown in their own table
+FAIR_COLUMNS = (
+    *((f"pass_at_{k}", f"pass@{k}") for k in lr.KS),
+    ("pass_at_16_initial", "pass@16 at start"),
+    ("coverage_rare", "rare prompts solved"),
+    ("distinct_correct_per_prompt", "distinct correct / prompt"),
+    ("entropy_answer", "H answer tokens"),
+    ("entropy_rest", "H other tokens"),
+    ("entropy_change_pct", "entropy change % (val)"),
+    ("reward_final", "final reward"),
+)
+
+
+def record_summary(res: dict) -> dict:
+    """The per-prompt columns of a run (pass@k for k = 1..16, coverage of the rarely solved prompts, entropy on
+    answer / other tokens) from its first, middle and last validation; none for a run without records."""
+    groups = {int(i): r for i, r in res.get("val_groups", {}).items()}
+    if len(groups) < 2:
+        return {}
+    its = sorted(groups)
+    out = lr.summarize(groups[its[0]], groups[its[-1]])
+    if len(its) > 2:
+        middle = groups[its[len(its) // 2]]
+        out |= {f"pass_at_{k}_mid": lr.pass_at_k_mean(middle, k) for k in (1, 16)}
+    return out
+
+
+def pair_runs(results: dict) -> dict:
+    """``{(method, seed): {"first", "last", "entropy_change_pct"}}`` of the runs that have records."""
+    runs = {}
+    for (name, seed), res in results.items():
+        groups = {int(i): r for i, r in res.get("val_groups", {}).items()}
+        if len(groups) >= 2:
+            change = lab.summarize_run(res["series"])["entropy_change_pct"]
+            runs[name, seed] = {
+                "first": groups[min(groups)],
+                "last": groups[max(groups)],
+                "entropy_change_pct": change,
+            }
+    return runs
+
+
+def parse_pairs(items: list[str], methods: dict) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        base, sep, method = item.partition(":")
+        if not sep or base not in methods or method not in methods:
+            raise SystemExit(f"compare_methods: --pairs needs BASE:METHOD of --methods names, got {item!r}")
+        out.append((base, method))
+    return out
+
+
+def fair_sections(rows: list[dict], runs: dict, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The table's fair-lab sections (Markdown lines): per-prompt columns, the pairs and the claims."""
+    if not pairs or not runs:
+        return []
+    return [
+        "Per-prompt columns at the last validation (mean ± std over seeds; rare prompts = those the untrained "
+        "model solved at most 2 times in 16, solved = at least once):",
+        "",
+        lab.method_table(rows, FAIR_COLUMNS),
+        "",
+        "Same-base pairs: method − base on the same seed and the same held-out prompts, mean over seeds "
+        "[95% paired bootstrap interval over prompts], at the last validation:",
+        "",
+        pair_table(runs, pairs),
+        "",
+        'Pre-registered claims (docs/results.md, "The fair lab"):',
+        "",
+        claims_section(runs, pairs),
+        "",
+    ]
