@@ -328,7 +328,8 @@ class PolicyUpdate:
         rest = torch.cat([first_order[mb:].to(device), whole_first[~torch.isin(whole_first, first)]])
         old_rest = self.policy_pass(tokens.select(rest), grad=False).detached() if len(rest) else None
         if old_rest is None and self.skipping and _multi_rank():
-            # another rank may have skipped rows there: join its no-grad pass (a collective under FSDP2)
+            # another rank may have skipped rows there and run this pass: every rank runs as many forward passes
+            # (FSDP2 gathers the parameters in each), so join it with one row, whose result is not needed
             self.policy_pass(tokens.select(first[:1]), grad=False)
         return OldPolicy(tokens.input_ids.shape, first, rest, old_rest)
 

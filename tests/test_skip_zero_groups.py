@@ -7,6 +7,7 @@ row in the pass."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -38,6 +39,7 @@ from epr_lightning.update import (
     zero_advantage_group_frac,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 # 4 groups of 2; groups 1 and 3 have all-zero advantages (equal rewards)
 LR = 0.1
 SEQ_ADV = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.7, -0.7, 0.0, 0.0])
@@ -209,3 +211,70 @@ def test_metrics_say_how_many_groups_had_no_signal_and_how_many_rows_were_skippe
     assert stats.metrics["train/skipped_rows_frac"] == 0.5
     # the skipped rows' (zero) advantages are in the stats like any other's
     assert stats.token_advantages[[2, 3, 6, 7]].eq(0).all() and stats.token_advantages[0].gt(0).any()
+
+
+# ------------------------------------------------------------------------------- two ranks (FSDP2, gloo)
+DIST_OVERRIDES = """
+trainer:
+  logger: false
+  enable_checkpointing: false
+  limit_val_batches: 0
+  use_distributed_sampler: false
+  callbacks:
+    - class_path: epr_lightning.testing.step_log.StepMetricsLog
+      init_args: {{dirpath: {log_dir}}}
+model:
+  init_args:
+    engine:
+      class_path: epr_lightning.testing.fixed_engine.FixedEngine
+      init_args: {{low: 0, high: 9}}
+data:
+  init_args:
+    prompts_per_step: {prompts}
+    batches_per_epoch: 4
+"""
+
+
+def _fit_records(tmp: Path, name: str, devices: int, prompts: int) -> dict[int, list[dict]]:
+    """A GRPO fit of the tiny model with FixedEngine (rewards differ by group, so ranks skip different rows);
+    every rank's per-iteration records."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    log_dir = tmp / name
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(DIST_OVERRIDES.format(log_dir=log_dir, prompts=prompts))
+    args = ["fit", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--config", str(cfg)]
+    args += [f"--trainer.devices={devices}"]
+    if devices > 1:
+        args += [
+            "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+            "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
+        ]  # fmt: skip
+    env = {**os.environ, "EPR_DEBUG": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "epr_lightning", *args], cwd=tmp, env=env, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {
+        int(f.stem.removeprefix("rank")): [json.loads(line) for line in f.read_text().splitlines()]
+        for f in sorted(log_dir.glob("rank*.jsonl"))
+    }
+
+
+@pytest.mark.distributed
+def test_two_fsdp2_ranks_that_skip_different_rows_match_one_process(tmp_path: Path) -> None:
+    (single,) = _fit_records(tmp_path, "single", 1, 4).values()
+    ranks = _fit_records(tmp_path, "fsdp2", 2, 2)
+    skipped = [[r["metrics"]["train/skipped_rows_frac"] for r in ranks[k]] for k in (0, 1)]
+    assert (
+        skipped[0] != skipped[1]
+    )  # the ranks left different rows out (and some iteration has one with none)
+    assert any(a == 0.0 < b or b == 0.0 < a for a, b in zip(*skipped, strict=True))
+    for i, one in enumerate(single):
+        norms = [ranks[k][i]["metrics"]["train/grad_norm"] for k in (0, 1)]
+        assert abs(norms[0] - norms[1]) <= 1e-6 and abs(norms[0] - one["metrics"]["train/grad_norm"]) <= 1e-5
+    assert any(one["metrics"]["train/grad_norm"] > 1e-3 for one in single)
