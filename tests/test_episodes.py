@@ -16,6 +16,7 @@ from epr_lightning.logprobs import score_tokens
 from epr_lightning.rollout.base import SamplingParams
 from epr_lightning.rollout.episodes import EpisodeRollout, run_episodes
 from epr_lightning.rollout.hf import HFEngine
+from epr_lightning.rollout.stops import stop_string_length
 from epr_lightning.rollout.turn_tokens import TurnTokens
 from epr_lightning.testing.scripted_env import BadEnvironment, ScriptedEnvironment
 
@@ -114,6 +115,54 @@ def test_turns_are_token_exact_and_masked_position_by_position(tiny_model, tiny_
     assert torch.allclose(own.logp[m], tokens.sampler_logprobs[m], atol=1e-4)
     # the diversity metrics read the model's turns only
     assert "obs1" not in "".join(rollout.completion_text)
+
+
+class StopAt(ScriptedEnvironment):
+    """A scripted environment whose model turns end at ``stop`` (like ToolWorld's ``</tool_call>``)."""
+
+    def __init__(self, stop: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    def stop_strings(self) -> list[str]:
+        return [self.stop]
+
+
+def first_fresh_pair(text: str) -> str:
+    """Two characters of ``text`` that first occur at position k >= 1 with more text after them."""
+    for k in range(1, len(text) - 3):
+        if text.find(text[k : k + 2]) == k:
+            return text[k : k + 2]
+    raise AssertionError(f"no usable stop string in {text!r}")
+
+
+def test_a_stop_string_ends_a_turn_with_the_sampled_tokens(tiny_model, tiny_tokenizer) -> None:
+    tok = tiny_tokenizer
+    free = episodes(tiny_model, tok, ScriptedEnvironment([3], [10]), 2, samples=2)
+    stop = first_fresh_pair(free.episodes[0].turns[0]["content"])
+    rollout = episodes(tiny_model, tok, StopAt(stop, [3], [10]), 2, samples=2)
+    # the first turns come from the same generate call: each is the free turn up to the end of the string
+    by_string = 0
+    for ep, ref in zip(rollout.episodes, free.episodes, strict=True):
+        first = ref.completion_ids[: ref.spans[0][2]]
+        n = stop_string_length(first, [stop], tok)
+        assert ep.completion_ids[: ep.spans[0][2]] == (first if n is None else first[:n])
+        for role, start, end in ep.spans:
+            ids = ep.completion_ids[start:end]
+            text = tok.decode(ids, skip_special_tokens=True)
+            if role == "assistant" and ids[-1] != tok.eos_token_id and text.endswith(stop):
+                by_string += 1
+                assert text.find(stop) == len(text) - len(stop)  # it ended at the string's first occurrence
+                assert ep.completion_ids[end] == tok.eos_token_id  # closed by the observation (mask 0)
+    assert by_string >= 1
+    tokens = rollout.to_batch(tok.pad_token_id)
+    check_positions(rollout, tok, tokens.loss_mask, tokens.sampler_logprobs, tokens.input_ids)
+    with torch.no_grad():
+        own = score_tokens(
+            tiny_model, tokens.input_ids, tokens.attention_mask, tokens.loss_mask, temperature=1.0
+        )
+    m = tokens.loss_mask.bool()
+    assert torch.allclose(own.logp[m], tokens.sampler_logprobs[m], atol=1e-4)  # exactly the sampled tokens
 
 
 def test_each_end_cause(tiny_model, tiny_tokenizer) -> None:

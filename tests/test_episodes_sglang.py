@@ -25,12 +25,24 @@ from epr_lightning.testing.scripted_env import ScriptedEnvironment
 GREEDY_T = 1e-4
 
 
-def task() -> EnvironmentTask:
-    return EnvironmentTask(ScriptedEnvironment([2, 9], [10, 20]), max_turns=3, max_episode_tokens=200)
+class StopAt(ScriptedEnvironment):
+    """Model turns end at ``stop`` (like ToolWorld's ``</tool_call>``)."""
+
+    def __init__(self, stop: str) -> None:
+        super().__init__([2, 9], [10, 20])
+        self.stop = stop
+
+    def stop_strings(self) -> list[str]:
+        return [self.stop]
 
 
-def roll(engine, model, tok, temperature: float, seed: int = 5):
-    t = task()
+def task(stop: str | None = None) -> EnvironmentTask:
+    env = ScriptedEnvironment([2, 9], [10, 20]) if stop is None else StopAt(stop)
+    return EnvironmentTask(env, max_turns=3, max_episode_tokens=200)
+
+
+def roll(engine, model, tok, temperature: float, seed: int = 5, stop: str | None = None):
+    t = task(stop)
     params = SamplingParams(
         temperature=temperature, max_new_tokens=10, stop_token_ids=[tok.eos_token_id], seed=seed
     )
@@ -109,3 +121,34 @@ def test_sampled_server_episodes_are_reproducible_and_logprobs_are_the_policys(
     m = tokens.loss_mask.bool()
     assert torch.allclose(own.logp[m], tokens.sampler_logprobs[m], atol=1e-4)
     assert (tokens.sampler_logprobs[~m] == 0).all()
+
+
+def test_stop_strings_give_the_same_episodes_on_every_engine(
+    monkeypatch, tiny_model, tiny_tokenizer, hf_reference
+) -> None:
+    # a string that ends some turns early: HF stops there, the server is sent it, the in-process engine cuts there
+    tok = tiny_tokenizer
+    text = hf_reference.episodes[0].turns[0]["content"]
+    stop = next(text[k : k + 2] for k in range(1, len(text) - 3) if text.find(text[k : k + 2]) == k)
+    hf = HFEngine()
+    hf.setup(tiny_model, tok)
+    reference = roll(hf, tiny_model, tok, GREEDY_T, stop=stop)
+    assert reference.completion_ids != hf_reference.completion_ids
+    assert any(t["content"].endswith(stop) for ep in reference.episodes for t in ep.turns)
+    with FakeSGLangServer(model=copy.deepcopy(tiny_model), tokenizer=tok) as server:
+        engine = SGLangServerEngine(urls=[server.url])
+        engine.setup(tiny_model, tok)
+        served = roll(engine, None, tok, GREEDY_T, stop=stop)
+        sent = [
+            sp.get("stop") for _, p, b in server.requests if p == "/generate" for sp in b["sampling_params"]
+        ]
+    mod = fake_sglang_module(copy.deepcopy(tiny_model), tok)
+    monkeypatch.setitem(sys.modules, "sglang", mod)
+    local = SGLangEngine(model_path="/models/tiny", dtype="float32")
+    local.setup(tiny_model, tok)
+    in_process = roll(local, None, tok, GREEDY_T, stop=stop)
+    for rollout in (served, in_process):
+        assert rollout.completion_ids == reference.completion_ids
+        assert [ep.token_mask for ep in rollout.episodes] == [ep.token_mask for ep in reference.episodes]
+        assert [ep.ended_by for ep in rollout.episodes] == [ep.ended_by for ep in reference.episodes]
+    assert sent and all(s == [stop] for s in sent)

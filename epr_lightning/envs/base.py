@@ -1,9 +1,10 @@
 """The environment contract for multi-turn episodes, and the task that carries one to the trainer.
 
 An episode: ``reset(example)`` gives the opening chat messages; the model answers; ``step(model_text)``
-returns the observation (appended as a tool message), whether the episode is over and, at the end, its
-reward. The rollout (``epr_lightning.rollout.episodes``) also ends an episode itself on a turn limit or a
-token budget, and then asks ``final_reward()`` (a final-state check) for the reward.
+returns the observation (appended as a ``tool`` message, or a ``user`` one: ``EnvironmentTask.observation_role``),
+whether the episode is over and, at the end, its reward. The rollout (``epr_lightning.rollout.episodes``) also
+ends an episode itself on a turn limit or a token budget, and then asks ``final_reward()`` (a final-state check)
+for the reward. An environment may name strings that end a model turn (``stop_strings``: ``</tool_call>``).
 
 An environment object is a prototype: each episode runs on its own ``spawn()`` (a shallow copy by default),
 so ``reset`` must (re)create every piece of per-episode state. Environments are chosen by ``class_path`` in
@@ -15,7 +16,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from epr_lightning.tasks.base import Example, RewardFunction, Split, Task
 
@@ -25,7 +26,7 @@ class StepResult:
     """What the environment answers to one model turn.
 
     Attributes:
-        observation: text shown to the model next (as a ``tool`` message); ignored when ``done``.
+        observation: text shown to the model next (as a ``tool`` or ``user`` message); ignored when ``done``.
         done: the episode is over (the model gave its final answer).
         reward: the episode's reward when ``done`` (None = 0).
         info: counters summed over the episode and logged as ``episode/<name>`` (e.g. ``tool_calls``,
@@ -61,9 +62,17 @@ class Environment(ABC):
         """JSON-schema tool specs passed to chat templates that take ``tools=`` (None = none)."""
         return None
 
+    def stop_strings(self) -> list[str]:
+        """Strings that end a model turn where they appear (the end of an action, e.g. ``</tool_call>``); the
+        turn keeps them. The rollout adds them to the engines' stop strings (none by default)."""
+        return []
+
     def spawn(self) -> Environment:
         """A fresh object for one episode (``reset`` is called on it next)."""
         return copy.copy(self)
+
+
+DEFAULT_WRAPPERS = {"tool": "{observation}", "user": "<tool_response>\n{observation}\n</tool_response>"}
 
 
 class EpisodeReward(RewardFunction):
@@ -89,6 +98,12 @@ class EnvironmentTask(Task):
             with reward 0 (counted in ``episode/env_errors``), like one that raises or returns a non-string
             observation.
         success_threshold: a reward ≥ this counts as a success (accuracy, pass@k, success per difficulty).
+        observation_role: the chat role an observation is rendered in by the chat template: ``"tool"`` (Qwen,
+            Hermes, Llama 3.1: the template's own tool-response format) or ``"user"`` (templates without a tool
+            role, e.g. the SmolLM2 family's, which read results from a user turn).
+        observation_wrapper: the message content, with ``{observation}`` standing for the environment's text;
+            None = the text alone for ``"tool"``, ``"<tool_response>\n{observation}\n</tool_response>"`` for
+            ``"user"``.
     """
 
     def __init__(
@@ -98,6 +113,8 @@ class EnvironmentTask(Task):
         max_episode_tokens: int = 1024,
         step_timeout_s: float = 5.0,
         success_threshold: float = 1.0,
+        observation_role: Literal["tool", "user"] = "tool",
+        observation_wrapper: str | None = None,
     ) -> None:
         super().__init__(reward=EpisodeReward(success_threshold))
         if max_turns < 1:
@@ -106,7 +123,17 @@ class EnvironmentTask(Task):
             raise ValueError(f"task.max_episode_tokens must be >= 1, got {max_episode_tokens}")
         if not step_timeout_s > 0:
             raise ValueError(f"task.step_timeout_s must be > 0, got {step_timeout_s}")
+        if observation_role not in ("tool", "user"):
+            raise ValueError(f"task.observation_role must be 'tool' or 'user', got {observation_role!r}")
+        if observation_wrapper is None:
+            observation_wrapper = DEFAULT_WRAPPERS[observation_role]
+        if "{observation}" not in observation_wrapper:
+            raise ValueError(
+                f"task.observation_wrapper must contain '{{observation}}', got {observation_wrapper!r}"
+            )
         self.environment = environment
+        self.observation_role = observation_role
+        self.observation_wrapper = observation_wrapper
         self.max_turns = max_turns
         self.max_episode_tokens = max_episode_tokens
         self.step_timeout_s = step_timeout_s

@@ -23,6 +23,8 @@ class SamplingParams:
         top_p: nucleus mass; keep 1.0 for unbiased importance ratios.
         max_new_tokens: completion budget per sample (> 0).
         stop_token_ids: extra token ids that end a completion (the tokenizer's EOS is always one).
+        stop: strings that end a completion where its decoded text first contains one (the completion keeps
+            it); every engine returns exactly the sampled tokens up to there (``rollout/stops.py``).
         seed: base seed; engines reseed per call as ``seed + call_index`` (plus rank).
     """
 
@@ -30,6 +32,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +42,8 @@ class SamplingParams:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"sampling.max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"sampling.stop must hold non-empty strings, got {self.stop!r}")
 
 
 def stop_ids(params: SamplingParams, tokenizer: Any) -> list[int]:
@@ -63,9 +68,6 @@ class Rollout:
         completion_text: decoded completion (without the stop token) for rewards and logging only.
         prompt_text: the prompt as text (after the chat template), for logging.
         weight_version: the engine's weight version that produced the samples.
-        sampler_entropy: the full-vocabulary entropy of the policy (T = 1, fp32) at each completion token, when
-            the engine sampled from the trained module itself with fp32 logits (the HF engine); else None, and
-            whoever needs entropies runs the policy over the tokens.
     """
 
     prompt_ids: list[list[int]]
@@ -76,7 +78,6 @@ class Rollout:
     completion_text: list[str]
     prompt_text: list[str]
     weight_version: int = 0
-    sampler_entropy: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)

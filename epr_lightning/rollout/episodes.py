@@ -2,8 +2,10 @@
 
 Each turn, the contexts of all still-active episodes go to the engine together (one ``generate`` call with
 one sample each: the HF engine and both SGLang engines continue from the given ``input_ids``); finished
-episodes drop out. A model turn's token ids and sampler log-probs are kept as generated; the environment's
-answer is appended as tokens of the chat template's tool message (``TurnTokens``) with mask 0, so it is out
+episodes drop out. A model turn ends at an end-of-turn token, at the per-turn token cap or at one of the
+environment's ``stop_strings()`` (``</tool_call>``: added to the engines' stop strings, the turn keeps it). Its
+token ids and sampler log-probs are kept as generated; the environment's answer is appended as tokens of the
+chat template's tool (or user: ``task.observation_role``) message (``TurnTokens``) with mask 0, so it is out
 of the loss, the advantages and the entropy statistics, and out of the text the diversity metrics read.
 
 An episode ends by one of:
@@ -224,8 +226,16 @@ def run_episodes(
     engine whose ``generate`` is collective (the HF engine under FSDP2) sees the same number of calls on every
     rank.
     """
-    turn_tokens = TurnTokens(tokenizer, params.stop_token_ids or [tokenizer.eos_token_id], template_kwargs)
-    stops = set(params.stop_token_ids) | {tokenizer.eos_token_id}
+    turn_tokens = TurnTokens(
+        tokenizer,
+        params.stop_token_ids or [tokenizer.eos_token_id],
+        template_kwargs,
+        task.observation_role,
+        task.observation_wrapper,
+    )
+    end_of_turn = set(params.stop_token_ids) | {tokenizer.eos_token_id}  # not the environment's stop strings
+    env_stops = [s for s in task.environment.stop_strings() if s not in params.stop]
+    params = dataclasses.replace(params, stop=[*params.stop, *env_stops])
     episodes = start_episodes(task, examples, num_samples, turn_tokens)
     budget = task.max_episode_tokens
     for turn in range(task.max_turns):
@@ -248,7 +258,8 @@ def run_episodes(
             ids, lps = list(ids[:left]), list(lps[:left])  # a prefix of a sample is a sample of that length
             ep.add(ids, lps)
             ep.turns.append({"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)})
-            stopped = bool(ids) and ids[-1] in stops
+            # a turn that a stop string ended has no end-of-turn token: the observation's tokens close it
+            stopped = bool(ids) and ids[-1] in end_of_turn
             if not stopped and len(ep.completion_ids) >= budget:
                 _end(ep, "token_budget", task.step_timeout_s)
                 continue

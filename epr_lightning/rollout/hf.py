@@ -22,12 +22,15 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
 
 from epr_lightning.models import base_model
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
+from epr_lightning.rollout.stops import cut_at_stop
 
 
 class SampledTokenLogProbs(LogitsProcessor):
@@ -44,24 +47,11 @@ class SampledTokenLogProbs(LogitsProcessor):
         self.temperature = temperature
         self.last: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
-        self.entropy_steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._read(input_ids[:, -1:])
-        logits = scores.float()  # the policy's own distribution (T = 1); entropy as logprobs.py computes it
-        logz = torch.logsumexp(logits, dim=-1)
-        self.entropy_steps.append((logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)).cpu())
-        if self.temperature == 1.0:
-            self.last = logits - logz[:, None]
-        else:
-            self.last = torch.log_softmax(logits / self.temperature, dim=-1)
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
-
-    def entropies(self) -> torch.Tensor:
-        """[batch, steps] entropy of the policy (T = 1) at each step, aligned with ``finish``'s log-probs."""
-        if not self.entropy_steps:
-            return torch.zeros(0, 0)
-        return torch.stack(self.entropy_steps, dim=1)
 
     def _read(self, tokens: torch.Tensor) -> None:
         if self.last is not None:
@@ -76,10 +66,27 @@ class SampledTokenLogProbs(LogitsProcessor):
         return torch.stack(self.steps, dim=1)
 
 
-def fp32_logits(model: torch.nn.Module) -> bool:
-    """Whether the model's LM head computes its logits in fp32 (then the sampler's entropies are exact)."""
-    head = base_model(model).get_output_embeddings()
-    return head is not None and head.weight.dtype == torch.float32
+class StopOnStrings(StoppingCriteria):
+    """Ends a row once the decoded text of its last few new tokens contains a stop string (``SamplingParams.stop``).
+
+    ``ended[row]`` = the number of new tokens when that happened: the row's completion ends there (``generate``
+    pads it afterwards), or earlier if ``stops.stop_string_length`` of the whole completion says so.
+    """
+
+    def __init__(self, stop: list[str], tokenizer: Any, prompt_width: int) -> None:
+        self.stop, self.tokenizer, self.start = list(stop), tokenizer, prompt_width
+        self.window = max(len(s) for s in self.stop) + 2  # tokens: each token of the string adds >= 1 char
+        self.ended: dict[int, int] = {}
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        new = input_ids[:, self.start :]
+        texts = self.tokenizer.batch_decode(new[:, -self.window :].tolist(), skip_special_tokens=False)
+        done = [any(s in t for s in self.stop) for t in texts]
+        for row in (i for i, d in enumerate(done) if d and i not in self.ended):
+            self.ended[row] = new.shape[1]
+        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +146,6 @@ class HFEngine(RolloutEngine):
         self.share_prompt_prefill = share_prompt_prefill
         self.weight_version = 0
         self.generate_calls = 0
-        self.last_entropy = torch.zeros(0, 0)  # the last generate chunk's [B, steps] entropies
         self.rank = 0
         self.world_size = 1
 
@@ -168,16 +174,17 @@ class HFEngine(RolloutEngine):
         devices = [device] if device.type == "cuda" else []
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
-        entropy: list[list[float]] = []
+        finish: list[str] = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             step = self.generation_batch_size or len(flat_prompts)
             for start in range(0, len(flat_prompts), step):
-                c, lp = self._generate_chunk(model, flat_prompts[start : start + step], params, stops, device)
+                c, lp, f = self._generate_chunk(
+                    model, flat_prompts[start : start + step], params, stops, device
+                )
                 completions += c
                 logprobs += lp
-                entropy += [h[: len(ids)].tolist() for h, ids in zip(self.last_entropy, c, strict=True)]
-        finish = ["stop" if c and c[-1] in stops else "length" for c in completions]
+                finish += f
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_text = self.tokenizer.batch_decode(flat_prompts, skip_special_tokens=False)
         return Rollout(
@@ -189,7 +196,6 @@ class HFEngine(RolloutEngine):
             completion_text=texts,
             prompt_text=prompt_text,
             weight_version=self.weight_version,
-            sampler_entropy=entropy if fp32_logits(model) else None,
         )
 
     def _generate_chunk(
@@ -199,7 +205,8 @@ class HFEngine(RolloutEngine):
         params: SamplingParams,
         stop_ids: list[int],
         device: torch.device,
-    ) -> tuple[list[list[int]], list[list[float]]]:
+    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+        """Completions (cut after the first stop token id or stop string), their log-probs and finish reasons."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         input_ids, attention = left_pad(prompts, pad)
         width = input_ids.shape[1]
@@ -227,11 +234,13 @@ class HFEngine(RolloutEngine):
             # not with several ranks: generate(synced_gpus=True) keeps ranks in step, a prefill outside it would not
             share = self.share_prompt_prefill and self.world_size == 1
             cache = shared_prefill(model, input_ids, attention) if share else {}
+            criteria = [StopOnStrings(params.stop, self.tokenizer, width)] if params.stop else []
             sequences = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 generation_config=config,
                 logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList(criteria),
                 synced_gpus=self.world_size > 1,
                 **cache,
             )
@@ -240,12 +249,17 @@ class HFEngine(RolloutEngine):
         new_tokens = sequences[:, width:].cpu()
         # [B, steps] fp32 log-probs of the sampled tokens under the temperature-scaled distribution
         token_logp = recorder.finish(sequences)
-        self.last_entropy = recorder.entropies()  # [B, steps]; generate() cuts each row to its completion
         stop = torch.tensor(stop_ids)
-        completions, logprobs = [], []
-        for row, lp in zip(new_tokens, token_logp, strict=True):
+        completions, logprobs, finish = [], [], []
+        for i, (row, lp) in enumerate(zip(new_tokens, token_logp, strict=True)):
             hits = torch.isin(row, stop).nonzero()
             n = int(hits[0]) + 1 if len(hits) else len(row)
-            completions.append(row[:n].tolist())
-            logprobs.append(lp[:n].tolist())
-        return completions, logprobs
+            ended = criteria[0].ended.get(i, n) if criteria else n  # tokens after a string's end are padding
+            n_kept = min(n, ended)
+            ids, lps, by_string = cut_at_stop(
+                row[:n_kept].tolist(), lp[:n_kept].tolist(), params.stop, self.tokenizer
+            )
+            completions.append(ids)
+            logprobs.append(lps)
+            finish.append("stop" if by_string or ended < n or (ids and ids[-1] in stop_ids) else "length")
+        return completions, logprobs, finish

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
+from epr_lightning.rollout.stops import cut_at_stop, single_token_stops
 from epr_lightning.rollout.weights import iter_buckets, iter_hf_weights
 
 INSTALL_HINT = "pip install 'epr-lightning[sglang]'"
@@ -54,14 +55,22 @@ def build_requests(
     rank: int,
     call_index: int,
     send_seed: bool,
+    send_stop_strings: bool = True,
 ) -> tuple[list[list[int]], list[dict[str, Any]]]:
-    """Prompt-major ``input_ids`` (each prompt ``num_samples`` times) and one sampling-params dict per sample."""
+    """Prompt-major ``input_ids`` (each prompt ``num_samples`` times) and one sampling-params dict per sample.
+
+    Stop strings that are one vocabulary token go as stop token ids; the others as ``stop`` when
+    ``send_stop_strings`` (SGLang refuses string stops under ``skip_tokenizer_init``; ``build_rollout`` cuts at
+    them either way).
+    """
     if num_samples <= 0:
         raise ValueError(f"num_samples must be > 0, got {num_samples}")
     inputs = [list(p) for p in prompt_ids for _ in range(num_samples)]
     seeds = sample_seeds(params.seed, rank, call_index, len(inputs))
-    stops = stop_ids(params, tokenizer)
-    return inputs, [sglang_sampling_params(params, stops, s if send_seed else None) for s in seeds]
+    one_token, strings = single_token_stops(params.stop, tokenizer)
+    stops = list(dict.fromkeys(stop_ids(params, tokenizer) + one_token))
+    sent = strings if send_stop_strings else []
+    return inputs, [sglang_sampling_params(params, stops, s if send_seed else None, sent) for s in seeds]
 
 
 def next_requests(
@@ -76,15 +85,17 @@ def next_requests(
         engine.rank,
         engine.generate_calls,
         engine.send_sampling_seed,
+        engine.send_stop_strings,
     )
     engine.generate_calls += 1
     return requests
 
 
 def sglang_sampling_params(
-    params: SamplingParams, stop_token_ids: list[int], seed: int | None
+    params: SamplingParams, stop_token_ids: list[int], seed: int | None, stop: list[str] | None = None
 ) -> dict[str, Any]:
-    """SGLang ``sampling_params`` with every field that changes the distribution set explicitly."""
+    """SGLang ``sampling_params`` with every field that changes the distribution set explicitly (``stop``: the
+    stop strings to send; ``no_stop_trim`` keeps a matched stop token or string in ``output_ids``)."""
     sp: dict[str, Any] = {
         "max_new_tokens": params.max_new_tokens,
         "temperature": params.temperature,
@@ -96,6 +107,8 @@ def sglang_sampling_params(
         "skip_special_tokens": False,
         "no_stop_trim": True,
     }
+    if stop:
+        sp["stop"] = list(stop)
     if seed is not None:
         sp["sampling_seed"] = seed
     return sp
@@ -148,14 +161,16 @@ def build_rollout(
     outputs: list[dict[str, Any]],
     tokenizer: Any,
     weight_version: int,
+    stop: list[str] | None = None,
 ) -> Rollout:
-    """Prompt-major ``Rollout`` from SGLang outputs (one per sample, in the order the prompts were repeated)."""
+    """Prompt-major ``Rollout`` from SGLang outputs (one per sample, in the order the prompts were repeated),
+    each cut after its first stop string (``stops.cut_at_stop``: a no-op where SGLang stopped there itself)."""
     completions, logprobs, reasons, texts = [], [], [], []
     for out in outputs:
-        ids, lps = completion_and_logprobs(out)
+        ids, lps, by_string = cut_at_stop(*completion_and_logprobs(out), list(stop or []), tokenizer)
         completions.append(ids)
         logprobs.append(lps)
-        reasons.append(finish_type(out))
+        reasons.append("stop" if by_string else finish_type(out))
         texts.append(tokenizer.decode(ids, skip_special_tokens=True))
     prompts = [list(p) for p in prompt_ids for _ in range(num_samples)]
     prompt_texts = [tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
@@ -199,6 +214,11 @@ class SGLangEngine(RolloutEngine):
         port: base port; rank r uses ``port + r``.
         send_sampling_seed: send per-sample ``sampling_seed`` (honoured by the pytorch sampling backend).
         extra_engine_args: more ``sglang.Engine`` keyword arguments (e.g. ``cuda_graph_backend_prefill``).
+
+    Stop strings (``SamplingParams.stop``): the engine runs with ``skip_tokenizer_init``, under which SGLang
+    refuses string stops, so it stops natively only on strings that are one token (sent as stop token ids);
+    at other strings the completion is cut after generation, to the same tokens. ``extra_engine_args:
+    {skip_tokenizer_init: false}`` sends them as ``stop`` instead.
     """
 
     def __init__(
@@ -236,6 +256,7 @@ class SGLangEngine(RolloutEngine):
         self.generate_calls = 0
         self._asleep = False
         self._pending: torch.nn.Module | None = None
+        self.send_stop_strings = False
 
     def engine_kwargs(self, model: torch.nn.Module, rank: int) -> dict[str, Any]:
         path = (
@@ -266,7 +287,9 @@ class SGLangEngine(RolloutEngine):
         sglang = import_sglang()
         self.tokenizer = tokenizer
         self.rank = rank
-        self.engine = sglang.Engine(**self.engine_kwargs(model, rank))
+        kwargs = self.engine_kwargs(model, rank)
+        self.send_stop_strings = not kwargs["skip_tokenizer_init"]  # refused without a tokenizer
+        self.engine = sglang.Engine(**kwargs)
         if self.load_format == "dummy":
             self._push_now(model)
 
@@ -351,7 +374,9 @@ class SGLangEngine(RolloutEngine):
             return out
 
         outputs = generate_with_resubmit(submit, len(inputs), "in-process engine")
-        return build_rollout(prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version)
+        return build_rollout(
+            prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version, params.stop
+        )
 
     def shutdown(self) -> None:
         if self.engine is not None:

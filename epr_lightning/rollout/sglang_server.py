@@ -56,6 +56,9 @@ class SGLangServerEngine(RolloutEngine):
         admin_api_key: sent as ``Authorization: Bearer`` (servers started with ``--admin-api-key``).
         health_check: ``GET /health_generate`` on every server at setup.
         send_sampling_seed: send per-sample ``sampling_seed`` (honoured by the pytorch sampling backend).
+        send_stop_strings: send ``SamplingParams.stop`` strings as ``stop`` (the server stops there); False for
+            servers started with ``--skip-tokenizer-init``, which refuse them (completions are then cut at the
+            strings after generation, to the same tokens). Strings that are one token go as stop token ids.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class SGLangServerEngine(RolloutEngine):
         admin_api_key: str | None = None,
         health_check: bool = True,
         send_sampling_seed: bool = True,
+        send_stop_strings: bool = True,
     ) -> None:
         self.urls = [u.rstrip("/") for u in (urls if urls is not None else ["http://127.0.0.1:30000"])]
         if not self.urls:
@@ -99,6 +103,7 @@ class SGLangServerEngine(RolloutEngine):
         self.admin_api_key = admin_api_key
         self.health_check = health_check
         self.send_sampling_seed = send_sampling_seed
+        self.send_stop_strings = send_stop_strings
         self.broadcaster: Any = TorchBroadcaster()  # replaceable: .join(...) and .broadcast(tensor)
         self.group_name = "epr_weight_sync"
         self.weight_version = 0
@@ -193,7 +198,9 @@ class SGLangServerEngine(RolloutEngine):
                 return [o for f in futures for o in f.result()]
 
         outputs = generate_with_resubmit(submit, len(inputs), ", ".join(targets))
-        return build_rollout(prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version)
+        return build_rollout(
+            prompt_ids, num_samples, outputs, self.tokenizer, self.weight_version, params.stop
+        )
 
     # -- weight sync ---------------------------------------------------------------------------------
     @contextmanager

@@ -3,16 +3,18 @@
 The opening prompt is rendered by the chat template (with ``tools=`` when the template takes them). After
 each model turn, the tokens of the environment's answer are what the template would put between the
 model's end-of-turn token and the next assistant generation prompt: the template's closing of an assistant
-message (ChatML: ``"\\n"`` after ``<|im_end|>``), the tool message (role ``tool``, rendered by the template's
-own tool-response format) and the generation prompt. They are found by rendering a fixed dummy conversation
-with and without the tool message and taking the difference, so the model's tokens are never decoded and
-re-encoded for training. A turn cut by the per-turn token cap gets the end-of-turn token first (a template
-token, masked like the observation, never trained on).
+message (ChatML: ``"\\n"`` after ``<|im_end|>``), the observation's message (role ``tool``, rendered by the
+template's own tool-response format, or role ``user`` with the text in a wrapper such as
+``<tool_response>…</tool_response>``, for templates without a tool role) and the generation prompt. They are
+found by rendering a fixed dummy conversation with and without that message and taking the difference, so the
+model's tokens are never decoded and re-encoded for training. A turn cut by the per-turn token cap gets the
+end-of-turn token first (a template token, masked like the observation, never trained on); so does a turn that
+a stop string ended (``</tool_call>``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 _DUMMY = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
 
@@ -33,12 +35,20 @@ class TurnTokens:
         tokenizer: an HF tokenizer (a chat template is used when it has one).
         stop_ids: the token ids that end a model turn (EOS first is not required).
         template_kwargs: extra ``apply_chat_template`` arguments (e.g. ``enable_thinking``).
+        observation_role: the role of the observation's message, ``"tool"`` or ``"user"``.
+        observation_wrapper: its content, ``{observation}`` standing for the environment's text.
     """
 
     def __init__(
-        self, tokenizer: Any, stop_ids: list[int], template_kwargs: dict[str, Any] | None = None
+        self,
+        tokenizer: Any,
+        stop_ids: list[int],
+        template_kwargs: dict[str, Any] | None = None,
+        observation_role: Literal["tool", "user"] = "tool",
+        observation_wrapper: str = "{observation}",
     ) -> None:
         self.tokenizer = tokenizer
+        self.role, self.wrapper = observation_role, observation_wrapper
         self.kwargs = dict(template_kwargs or {})
         self.templated = bool(getattr(tokenizer, "chat_template", None))
         self.stop_ids = list(stop_ids)
@@ -72,17 +82,19 @@ class TurnTokens:
         return self._render(messages, generation_prompt=True, **extra)
 
     def observation(self, text: str, model_stopped: bool) -> list[int]:
-        """Tokens appended after a model turn: [end-of-turn if cut] + closing + tool message + generation prompt."""
+        """Tokens appended after a model turn: [end-of-turn unless it ended with one] + closing + the observation's
+        message + generation prompt."""
         head = ([] if model_stopped else self.end_of_turn) + self.closing
+        content = self.wrapper.replace("{observation}", text)
         if not self.templated:
-            return head + list(self.tokenizer("\n" + text + "\n", add_special_tokens=False)["input_ids"])
+            return head + list(self.tokenizer("\n" + content + "\n", add_special_tokens=False)["input_ids"])
         try:
-            full = self._render([*_DUMMY, {"role": "tool", "content": text}], generation_prompt=True)
+            full = self._render([*_DUMMY, {"role": self.role, "content": content}], generation_prompt=True)
         except Exception as err:
-            raise ValueError(f"the chat template cannot render a 'tool' message: {err}") from None
+            raise ValueError(f"the chat template cannot render a {self.role!r} message: {err}") from None
         if full[: len(self.base)] != self.base:
             raise ValueError(
-                "the chat template renders a tool message by changing earlier turns; "
+                f"the chat template renders a {self.role!r} message by changing earlier turns; "
                 "token-exact multi-turn episodes need an append-only template"
             )
         return head + full[len(self.base) :]
