@@ -68,6 +68,9 @@ class Rollout:
         completion_text: decoded completion (without the stop token) for rewards and logging only.
         prompt_text: the prompt as text (after the chat template), for logging.
         weight_version: the engine's weight version that produced the samples.
+        sampler_entropy: the full-vocabulary entropy of the policy (T = 1, fp32) at each completion token, when
+            the engine sampled from the trained module itself with fp32 logits (the HF engine); else None, and
+            whoever needs entropies runs the policy over the tokens.
     """
 
     prompt_ids: list[list[int]]
@@ -78,6 +81,7 @@ class Rollout:
     completion_text: list[str]
     prompt_text: list[str]
     weight_version: int = 0
+    sampler_entropy: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)

@@ -47,11 +47,24 @@ class SampledTokenLogProbs(LogitsProcessor):
         self.temperature = temperature
         self.last: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
+        self.entropy_steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._read(input_ids[:, -1:])
-        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        logits = scores.float()  # the policy's own distribution (T = 1); entropy as logprobs.py computes it
+        logz = torch.logsumexp(logits, dim=-1)
+        self.entropy_steps.append((logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)).cpu())
+        if self.temperature == 1.0:
+            self.last = logits - logz[:, None]
+        else:
+            self.last = torch.log_softmax(logits / self.temperature, dim=-1)
         return scores
+
+    def entropies(self) -> torch.Tensor:
+        """[batch, steps] entropy of the policy (T = 1) at each step, aligned with ``finish``'s log-probs."""
+        if not self.entropy_steps:
+            return torch.zeros(0, 0)
+        return torch.stack(self.entropy_steps, dim=1)
 
     def _read(self, tokens: torch.Tensor) -> None:
         if self.last is not None:
@@ -87,6 +100,12 @@ class StopOnStrings(StoppingCriteria):
         for row in (i for i, d in enumerate(done) if d and i not in self.ended):
             self.ended[row] = new.shape[1]
         return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
+
+
+def fp32_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's LM head computes its logits in fp32 (then the sampler's entropies are exact)."""
+    head = base_model(model).get_output_embeddings()
+    return head is not None and head.weight.dtype == torch.float32
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +165,7 @@ class HFEngine(RolloutEngine):
         self.share_prompt_prefill = share_prompt_prefill
         self.weight_version = 0
         self.generate_calls = 0
+        self.last_entropy = torch.zeros(0, 0)  # the last generate chunk's [B, steps] entropies
         self.rank = 0
         self.world_size = 1
 
@@ -174,6 +194,7 @@ class HFEngine(RolloutEngine):
         devices = [device] if device.type == "cuda" else []
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
+        entropy: list[list[float]] = []
         finish: list[str] = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
@@ -184,6 +205,7 @@ class HFEngine(RolloutEngine):
                 )
                 completions += c
                 logprobs += lp
+                entropy += [h[: len(ids)].tolist() for h, ids in zip(self.last_entropy, c, strict=True)]
                 finish += f
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_text = self.tokenizer.batch_decode(flat_prompts, skip_special_tokens=False)
@@ -196,6 +218,7 @@ class HFEngine(RolloutEngine):
             completion_text=texts,
             prompt_text=prompt_text,
             weight_version=self.weight_version,
+            sampler_entropy=entropy if fp32_logits(model) else None,
         )
 
     def _generate_chunk(
@@ -249,6 +272,7 @@ class HFEngine(RolloutEngine):
         new_tokens = sequences[:, width:].cpu()
         # [B, steps] fp32 log-probs of the sampled tokens under the temperature-scaled distribution
         token_logp = recorder.finish(sequences)
+        self.last_entropy = recorder.entropies()  # [B, steps]; generate() cuts each row to its completion
         stop = torch.tensor(stop_ids)
         completions, logprobs, finish = [], [], []
         for i, (row, lp) in enumerate(zip(new_tokens, token_logp, strict=True)):
