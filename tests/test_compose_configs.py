@@ -16,16 +16,17 @@ from epr_lightning.callbacks import (
     GracefulStop,
     PrecisionAudit,
     SampleLogger,
+    ValidationRecords,
 )
 from epr_lightning.checkpointing import RolloutCheckpoint
 from epr_lightning.cli import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 C = ROOT / "configs"
-MONITORS = {EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger}
+MONITORS = {EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger, ValidationRecords}
 MONITOR_PATHS = [
     f"epr_lightning.callbacks.{t.__name__}"
-    for t in (EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger)
+    for t in (EntropyTracker, DiversityMonitor, PrecisionAudit, SampleLogger, ValidationRecords)
 ]
 SCALES = sorted((C / "scale").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "examples").glob("*/config.yaml"))
