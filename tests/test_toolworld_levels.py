@@ -109,6 +109,14 @@ def test_prompt_style_and_shaped_reward_are_checked_at_config_time() -> None:
         ToolWorld(num_train=1, num_val=0, prompt_style="tiny")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"shaped_reward must be in \[0, 0.5\]"):
         ToolWorld(num_train=1, num_val=0, shaped_reward=0.6)
+    # a success threshold at or below the shaped reward would count unverified episodes as successes
+    from epr_lightning.envs import EnvironmentTask
+
+    shaped = ToolWorld(num_train=1, num_val=0, shaped_reward=0.5)
+    with pytest.raises(ValueError, match="success_threshold"):
+        EnvironmentTask(shaped, success_threshold=0.5)
+    assert EnvironmentTask(shaped, success_threshold=0.51).reward.success_threshold == 0.51
+    assert EnvironmentTask(ToolWorld(num_train=1, num_val=0), success_threshold=0.3)  # no shaping: any threshold
 
 
 # ------------------------------------------------------------------------------------------- the shaped reward

@@ -123,6 +123,12 @@ class EnvironmentTask(Task):
             raise ValueError(f"task.max_episode_tokens must be >= 1, got {max_episode_tokens}")
         if not step_timeout_s > 0:
             raise ValueError(f"task.step_timeout_s must be > 0, got {step_timeout_s}")
+        shaped = float(getattr(environment, "shaped_reward", 0.0))
+        if shaped and not success_threshold > shaped:
+            raise ValueError(
+                f"task.success_threshold ({success_threshold}) must be above the environment's shaped_reward "
+                f"({shaped}): a shaped reward for an unverified episode would count as a success"
+            )
         if observation_role not in ("tool", "user"):
             raise ValueError(f"task.observation_role must be 'tool' or 'user', got {observation_role!r}")
         if observation_wrapper is None:
