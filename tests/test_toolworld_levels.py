@@ -116,7 +116,8 @@ def test_prompt_style_and_shaped_reward_are_checked_at_config_time() -> None:
     with pytest.raises(ValueError, match="success_threshold"):
         EnvironmentTask(shaped, success_threshold=0.5)
     assert EnvironmentTask(shaped, success_threshold=0.51).reward.success_threshold == 0.51
-    assert EnvironmentTask(ToolWorld(num_train=1, num_val=0), success_threshold=0.3)  # no shaping: any threshold
+    unshaped = ToolWorld(num_train=1, num_val=0)
+    assert EnvironmentTask(unshaped, success_threshold=0.3).reward.success_threshold == 0.3  # any threshold
 
 
 # ------------------------------------------------------------------------------------------- the shaped reward
