@@ -29,8 +29,11 @@ def test_summarize_run_hand_values():
         "val/pass@4": [0.5, 0.75],
         "ctrl/zeta": [0.001, 0.002, 0.004],
         "diversity/distinct_correct": [1.0, 2.0, 3.0],
+        "policy/shaping/neg_ratio": [1.0, 0.9, 0.5],
     }
     s = lab.summarize_run(series, wall_s=120.0)
+    # what the transform did to wrong answers' advantages, averaged over the iterations; NaN without a series
+    assert s["shaping_neg_ratio"] == pytest.approx(0.8) and math.isnan(s["shaping_neg_zeroed_frac"])
     # rollouts: the mean of the last 5 iterations, (1.6 + 1.5 + 1.4 + 1.3 + 1.2) / 5 = 1.4, vs 2.0 → -30%
     assert s["entropy_end"] == pytest.approx(1.4) and s["rollout_entropy_change_pct"] == pytest.approx(-30.0)
     # validation on the same prompts before and after: 1.2 vs 1.6 → -25%

@@ -23,6 +23,7 @@ ENTROPY, REWARD = "policy/entropy", "rollout/reward_mean"
 DISTINCT_CORRECT = "diversity/distinct_correct"
 COEFFICIENTS = ("ctrl/zeta", "ctrl/eps_high", "ctrl/entropy_coef", "ctrl/beta")
 PASS_AT_K = re.compile(r"^val/pass@(\d+)$")
+SHAPING = ("neg_ratio", "neg_zeroed_frac", "neg_flipped_frac", "pos_ratio")
 
 #: summary columns shown in the method table, with their headers (mean ± std over seeds)
 TABLE_COLUMNS = (
@@ -69,6 +70,8 @@ def summarize_run(series: dict[str, list[float]], wall_s: float = math.nan) -> d
         "clipfrac_upper": _mean(series.get("policy/clipfrac_upper", [])),
         "clipfrac_lower": _mean(series.get("policy/clipfrac_lower", [])),
         "clip_decision_diff": _mean(series.get("policy/clip_decision_diff", [])),
+        # what an advantage transform did, averaged over iterations (REPO-R: policy/shaping/*; NaN without one)
+        **{f"shaping_{k}": _mean(series.get(f"policy/shaping/{k}", [])) for k in SHAPING},
         "wall_min": wall_s / 60.0,
     }
     val_h = series.get("val/entropy", [])

@@ -106,6 +106,8 @@ FAIR_COLUMNS = (
     ("entropy_rest", "H other tokens"),
     ("entropy_change_pct", "entropy change % (val)"),
     ("reward_final", "final reward"),
+    ("shaping_neg_ratio", "wrong answers' \\|A'\\|/\\|A\\|"),
+    ("shaping_neg_zeroed_frac", "wrong-answer tokens zeroed"),
 )
 
 
