@@ -165,7 +165,6 @@ class HFEngine(RolloutEngine):
         self.share_prompt_prefill = share_prompt_prefill
         self.weight_version = 0
         self.generate_calls = 0
-        self.last_entropy = torch.zeros(0, 0)  # the last generate chunk's [B, steps] entropies
         self.rank = 0
         self.world_size = 1
 
@@ -200,12 +199,12 @@ class HFEngine(RolloutEngine):
             torch.manual_seed(seed)
             step = self.generation_batch_size or len(flat_prompts)
             for start in range(0, len(flat_prompts), step):
-                c, lp, f = self._generate_chunk(
+                c, lp, f, h = self._generate_chunk(
                     model, flat_prompts[start : start + step], params, stops, device
                 )
                 completions += c
                 logprobs += lp
-                entropy += [h[: len(ids)].tolist() for h, ids in zip(self.last_entropy, c, strict=True)]
+                entropy += h
                 finish += f
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_text = self.tokenizer.batch_decode(flat_prompts, skip_special_tokens=False)
@@ -228,8 +227,9 @@ class HFEngine(RolloutEngine):
         params: SamplingParams,
         stop_ids: list[int],
         device: torch.device,
-    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
-        """Completions (cut after the first stop token id or stop string), their log-probs and finish reasons."""
+    ) -> tuple[list[list[int]], list[list[float]], list[str], list[list[float]]]:
+        """Completions (cut after the first stop token id or stop string), their log-probs, finish reasons and
+        the policy's entropy (T = 1) at each of their tokens."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         input_ids, attention = left_pad(prompts, pad)
         width = input_ids.shape[1]
@@ -272,10 +272,10 @@ class HFEngine(RolloutEngine):
         new_tokens = sequences[:, width:].cpu()
         # [B, steps] fp32 log-probs of the sampled tokens under the temperature-scaled distribution
         token_logp = recorder.finish(sequences)
-        self.last_entropy = recorder.entropies()  # [B, steps]; generate() cuts each row to its completion
+        token_entropy = recorder.entropies()  # [B, steps], cut like the log-probs below
         stop = torch.tensor(stop_ids)
-        completions, logprobs, finish = [], [], []
-        for i, (row, lp) in enumerate(zip(new_tokens, token_logp, strict=True)):
+        completions, logprobs, finish, entropies = [], [], [], []
+        for i, (row, lp, h) in enumerate(zip(new_tokens, token_logp, token_entropy, strict=True)):
             hits = torch.isin(row, stop).nonzero()
             n = int(hits[0]) + 1 if len(hits) else len(row)
             ended = criteria[0].ended.get(i, n) if criteria else n  # tokens after a string's end are padding
@@ -285,5 +285,6 @@ class HFEngine(RolloutEngine):
             )
             completions.append(ids)
             logprobs.append(lps)
+            entropies.append(h[: len(ids)].tolist())  # ids is a prefix of the row
             finish.append("stop" if by_string or ended < n or (ids and ids[-1] in stop_ids) else "length")
-        return completions, logprobs, finish
+        return completions, logprobs, finish, entropies
