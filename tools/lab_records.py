@@ -12,12 +12,13 @@ Pure functions over lists of records (dicts with ``id``, ``n``, ``c``, ``answers
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from epr_lightning.callbacks import read_validation_records
+from epr_lightning.metrics import distinct_correct as group_distinct_correct
 from epr_lightning.metrics import pass_at_k
 
 KS = (1, 2, 4, 8, 16)
@@ -26,18 +27,14 @@ Record = dict
 
 def load_records(log_dir: str | Path) -> dict[int, list[Record]]:
     """iteration → records of every ``val_groups/iteration_<i>.jsonl`` of a run."""
-    out = {}
-    for path in sorted(Path(log_dir).glob("val_groups/iteration_*.jsonl")):
-        lines = path.read_text().splitlines()
-        out[int(path.stem.split("_")[1])] = [json.loads(line) for line in lines if line.strip()]
-    return out
+    paths = sorted(Path(log_dir).glob("val_groups/iteration_*.jsonl"))
+    return {int(path.stem.split("_")[1]): read_validation_records(path) for path in paths}
 
 
 def pass_at_k_mean(records: Sequence[Record], k: int) -> float:
     """Unbiased pass@k averaged over prompts (NaN when a prompt has fewer than k samples, or no prompts)."""
-    if not records or any(r["n"] < k for r in records):
-        return math.nan
-    return sum(pass_at_k(r["n"], r["c"], k) for r in records) / len(records)
+    values = [prompt_pass_at_k(r, k) for r in records]
+    return sum(values) / len(values) if values else math.nan  # a NaN prompt makes the mean NaN
 
 
 def rare_ids(records: Sequence[Record], max_solved: int = 2) -> set[str]:
@@ -55,11 +52,7 @@ def distinct_correct(records: Sequence[Record]) -> float:
     """Mean number of distinct correct answers per prompt."""
     if not records:
         return math.nan
-    counts = [
-        len({a.strip() for a, ok in zip(r["answers"], r["correct"], strict=True) if ok and a is not None})
-        for r in records
-    ]
-    return sum(counts) / len(counts)
+    return sum(group_distinct_correct(r["answers"], r["correct"]) for r in records) / len(records)
 
 
 def entropy_split(records: Sequence[Record]) -> tuple[float, float]:
@@ -89,9 +82,14 @@ def summarize(
     return out
 
 
+def prompt_pass_at_k(record: Record, k: int) -> float:
+    """One prompt's unbiased pass@k (NaN when it has fewer than k samples)."""
+    return pass_at_k(record["n"], record["c"], k) if record["n"] >= k else math.nan
+
+
 def per_prompt(records: Sequence[Record], k: int) -> dict[str, float]:
     """id → that prompt's unbiased pass@k (NaN when it has fewer than k samples)."""
-    return {r["id"]: pass_at_k(r["n"], r["c"], k) if r["n"] >= k else math.nan for r in records}
+    return {r["id"]: prompt_pass_at_k(r, k) for r in records}
 
 
 def paired_bootstrap(
