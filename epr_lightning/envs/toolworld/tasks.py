@@ -154,10 +154,15 @@ def t0_append(rng, w):
     )
 
 
-def t0_contact(rng, w):
+def _new_contact(rng, w):
+    """A name no contact of the world has, and a phone number (drawn in that order)."""
     taken = {c["name"] for c in w["contacts"]}
     name = rng.choice([f"{f} {last}" for f in FIRST for last in LAST if f"{f} {last}" not in taken])
-    phone = f"555-{rng.randint(1000, 9999)}"
+    return name, f"555-{rng.randint(1000, 9999)}"
+
+
+def t0_contact(rng, w):
+    name, phone = _new_contact(rng, w)
     return f"Add a contact named '{name}' with phone '{phone}'.", [["contacts.added", name, phone, ""]]
 
 
@@ -200,9 +205,7 @@ def t_note_create(rng, w):
 
 
 def t_contact_add(rng, w):
-    taken = {c["name"] for c in w["contacts"]}
-    name = rng.choice([f"{f} {last}" for f in FIRST for last in LAST if f"{f} {last}" not in taken])
-    phone = f"555-{rng.randint(1000, 9999)}"
+    name, phone = _new_contact(rng, w)
     return f"Add a new contact {name} with phone number {phone}.", [["contacts.added", name, phone, ""]]
 
 
