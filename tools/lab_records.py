@@ -34,7 +34,9 @@ def load_records(log_dir: str | Path) -> dict[int, list[Record]]:
 def pass_at_k_mean(records: Sequence[Record], k: int) -> float:
     """Unbiased pass@k averaged over prompts (NaN when a prompt has fewer than k samples, or no prompts)."""
     values = [prompt_pass_at_k(r, k) for r in records]
-    return sum(values) / len(values) if values else math.nan  # a NaN prompt makes the mean NaN
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return sum(values) / len(values)
 
 
 def rare_ids(records: Sequence[Record], max_solved: int = 2) -> set[str]:
