@@ -228,3 +228,18 @@ def test_same_base_pairs_differ_only_by_the_transform(base, variant):
     assert [type(t) for t in model.objective.transforms] == [REPOR]
     assert not base_model.objective.transforms and not base_model.controllers
     assert [type(c) for c in model.controllers] == [REPOZetaController]
+
+
+def test_sequential_task_b_rewards_only_the_tagged_answer_on_new_prompts():
+    """The fair lab's task B: the behaviour it needs (an answer after 'Answer:') is what task A does not reward."""
+    lab = ROOT / "configs" / "lab"
+    task_a = compose(BASE, lab / "arithmetic.yaml").datamodule.task
+    task_b = compose(BASE, lab / "arithmetic.yaml", lab / "fair" / "task_b_tagged.yaml").datamodule.task
+    example = task_b.examples("val")[0]
+    tagged, untagged = f"Answer: {example.answer}", f"The sum is {example.answer}"
+    assert task_b.reward(example, tagged) == 1.0 and task_b.reward(example, untagged) == 0.0
+    assert task_a.reward(example, tagged) == 1.0 and task_a.reward(example, untagged) == 1.0
+    prompts_a = {e.prompt for e in task_a.examples("val")}
+    prompts_b = [e.prompt for e in task_b.examples("val")]
+    assert prompts_b != [e.prompt for e in task_a.examples("val")]
+    assert any(p not in prompts_a for p in prompts_b)
