@@ -95,9 +95,12 @@ class Lab:
     def key(self, *parts: str) -> str:
         return content_hash(self.version, *parts)
 
-    def run(self, label: str, key: str, cli_args: list[str], total: int, index: int) -> dict | None:
+    def run(
+        self, label: str, key: str, cli_args: list[str], total: int, index: int, command: str = "fit"
+    ) -> dict | None:
         """Train one run (or return its cached result); ``label`` names it in the progress line. With
-        ``--cached-only`` a run that is not cached is not trained: None."""
+        ``--cached-only`` a run that is not cached is not trained: None. ``command`` is the ``epr-lightning``
+        subcommand (``fit``; ``validate`` and ``sft`` for the ToolWorld lab)."""
         cached = self.cache / f"{key}.json"
         log_dir = self.root / label / key
         if cached.is_file():
@@ -116,13 +119,14 @@ class Lab:
         if resume and attempt.is_file():
             before = json.loads(attempt.read_text())
             previous = before["previous_s"] + max(0.0, last.stat().st_mtime - before["started"])
-        cmd = [sys.executable, "-m", "epr_lightning", "fit", *cli_args,
+        cmd = [sys.executable, "-m", "epr_lightning", command, *cli_args,
                "--trainer.logger.init_args.save_dir", str(self.root),
                "--trainer.logger.init_args.name", label,
                "--trainer.logger.init_args.version", key, *resume]  # fmt: skip
         start = time.time()
         attempt.write_text(json.dumps({"previous_s": previous, "started": start}))
-        print(f"[{index}/{total}] {label}: training{' (resuming)' if resume else ''} …", flush=True)
+        doing = "training" if command == "fit" else command
+        print(f"[{index}/{total}] {label}: {doing}{' (resuming)' if resume else ''} …", flush=True)
         log_file = self.root / f"{label.replace('/', '_')}-{key}.log"
         with open(log_file, "w") as log:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -137,6 +141,9 @@ class Lab:
         result = {"label": label, "key": key, "code": self.version, "wall_s": wall, "log_dir": str(log_dir),
                   "series": series, "val_groups": groups, "command": cmd}  # fmt: skip
         cached.write_text(json.dumps(result))
+        if command != "fit":
+            print(f"[{index}/{total}] {label}: {command} done in {wall / 60:.1f} min", flush=True)
+            return result
         s = lab.summarize_run(series, wall)
         print(
             f"[{index}/{total}] {label}: {wall / 60:.1f} min, reward {s['reward_initial']:.2f} → "

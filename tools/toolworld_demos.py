@@ -36,9 +36,12 @@ from epr_lightning.envs.toolworld.solver import play
 
 
 def merged(configs: Sequence[Path]) -> dict[str, Any]:
-    """The ``data.init_args.task`` entry of the configs, later ones overriding earlier ones key by key."""
+    """The ``data.init_args.task`` entry of the configs, later ones overriding earlier ones key by key; a later
+    ``class_path`` naming another class replaces the entry (as the CLI does: the old class's arguments go)."""
 
     def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "class_path" in b and b["class_path"] != a.get("class_path", b["class_path"]):
+            a = {}
         out = dict(a)
         for k, v in b.items():
             out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
