@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_step import RawLoop, optimizer_factory, policy_source, raw_policy
+from bench_step import RawLoop, app_module, policy_source, raw_policy
 from bench_timers import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,6 @@ def step_memory_child(
 
     from epr_lightning.data import PromptDataModule
     from epr_lightning.models import encode_prompts
-    from epr_lightning.module import RLModule
-    from epr_lightning.rollout.base import SamplingParams
     from epr_lightning.tasks.arithmetic import ArithmeticTask
 
     torch.manual_seed(0)
@@ -59,19 +57,11 @@ def step_memory_child(
             rollout_peak.append(max(meter.peak, meter.now()))
 
     if which == "app":
-        from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
-
-        module = RLModule(
-            policy=policy_source(model),
-            sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
-            num_generations=generations,
-            optimizer=optimizer_factory,
-            compute_dtype=precision,  # type: ignore[arg-type]
-        )
+        module, monitors = app_module(model, generations, new_tokens, precision)
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-            callbacks=[EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()],
+            callbacks=monitors,
         )  # fmt: skip
         generate = module.engine.generate
 

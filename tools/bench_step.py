@@ -60,6 +60,22 @@ def optimizer_factory(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
 
 
+def app_module(model: str, generations: int, new_tokens: int, precision: str) -> tuple[Any, list[Any]]:
+    """The app's ``RLModule`` as both benchmarks build it, and the monitoring callbacks at their defaults."""
+    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
+    from epr_lightning.module import RLModule
+    from epr_lightning.rollout.base import SamplingParams
+
+    module = RLModule(
+        policy=policy_source(model),
+        sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
+        num_generations=generations,
+        optimizer=optimizer_factory,
+        compute_dtype=precision,  # type: ignore[arg-type]
+    )
+    return module, [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
+
+
 class RawLoop:
     """One training step in plain transformers + torch, timed by stage (``RAW_STAGES``; see the module docstring).
 
@@ -156,23 +172,13 @@ def bench_step(
     ``step_s``, ``step_ratio`` (our step / the raw loop's), the monitoring callbacks' time and share."""
     import lightning.pytorch as pl
 
-    from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
     from epr_lightning.data import PromptDataModule
-    from epr_lightning.module import RLModule
-    from epr_lightning.rollout.base import SamplingParams
     from epr_lightning.tasks.arithmetic import ArithmeticTask
 
-    module = RLModule(
-        policy=policy_source(model),
-        sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
-        num_generations=generations,
-        optimizer=optimizer_factory,
-        compute_dtype=precision,  # type: ignore[arg-type]
-    )
+    module, monitors = app_module(model, generations, new_tokens, precision)
     data = PromptDataModule(
         ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
     )
-    monitors = [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
     stages = StageTimer()
     time_stages(module, stages)
     timer = StepTimer(monitors, stages)
