@@ -172,10 +172,18 @@ def test_method_specific_settings(tmp_path):
     repo_d = model("repo_d").configure_callbacks()[0]
     assert (repo_d.zeta_min, repo_d.zeta_max) == (1e-3, 10.0)
     repo_r = model("repo_r")
-    assert repo_r.objective.transforms[0].zeta == 0.2  # our SmolLM2 defaults (docs/results.md)
+    assert repo_r.objective.transforms[0].zeta == 1e-3  # the paper's setting, chosen by the fair lab
     zeta_ctrl = repo_r.configure_callbacks()[0]
-    assert (zeta_ctrl.zeta_min, zeta_ctrl.zeta_max, zeta_ctrl.tolerance) == (0.1, 1.0, 0.05)
-    assert zeta_ctrl.sign_flip is False
+    assert (zeta_ctrl.zeta_min, zeta_ctrl.zeta_max, zeta_ctrl.sign_flip) == (1e-4, 0.05, True)
+    floor = compose(BASE, ROOT / "configs" / "lab" / "fair" / "repo_r_floor.yaml").model  # the default before
+    assert floor.objective.transforms[0].zeta == 0.2
+    floor_ctrl = floor.configure_callbacks()[0]
+    assert (floor_ctrl.zeta_min, floor_ctrl.zeta_max, floor_ctrl.tolerance, floor_ctrl.sign_flip) == (
+        0.1,
+        1.0,
+        0.05,
+        False,
+    )
     adapo = model("adapo")
     assert adapo.configure_callbacks()[0].kappa == 1.25 and adapo.objective.loss.eps_high == 0.28
 
@@ -201,6 +209,7 @@ def test_controller_without_its_piece_fails_at_setup_naming_the_yaml(tmp_path):
 SAME_BASE_PAIRS = [
     ("grpo", ROOT / "configs" / "method" / "grpo_repo_r.yaml"),
     ("dapo", ROOT / "configs" / "method" / "repo_r.yaml"),
+    ("dapo", ROOT / "configs" / "lab" / "fair" / "repo_r_floor.yaml"),
     ("dapo", ROOT / "configs" / "lab" / "fair" / "repo_r_paper.yaml"),
     ("dapo", ROOT / "configs" / "lab" / "fair" / "repo_r_centred.yaml"),
 ]
@@ -243,3 +252,10 @@ def test_sequential_task_b_rewards_only_the_tagged_answer_on_new_prompts():
     prompts_b = [e.prompt for e in task_b.examples("val")]
     assert prompts_b != [e.prompt for e in task_a.examples("val")]
     assert any(p not in prompts_a for p in prompts_b)
+
+
+def test_the_shipped_repo_r_is_the_fair_labs_paper_setting():
+    """configs/method/repo_r.yaml ships what configs/lab/fair/repo_r_paper.yaml ran in the fair lab."""
+    shipped = compose(BASE, ROOT / "configs" / "method" / "repo_r.yaml")
+    lab = compose(BASE, ROOT / "configs" / "lab" / "fair" / "repo_r_paper.yaml")
+    assert shipped.config["model"]["init_args"] == lab.config["model"]["init_args"]

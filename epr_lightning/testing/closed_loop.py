@@ -34,8 +34,10 @@ def quiet_args(root: str | Path, configs: Sequence[str], *extra: str) -> list[st
 
 
 def quiet_tiny_args(root: str | Path, method: str, *extra: str) -> list[str]:
-    """``quiet_args`` for ``configs/tiny_cpu.yaml`` + ``configs/method/<method>.yaml``."""
-    return quiet_args(root, ["configs/tiny_cpu.yaml", f"configs/method/{method}.yaml"], *extra)
+    """``quiet_args`` for ``configs/tiny_cpu.yaml`` + ``configs/method/<method>.yaml`` (or ``method`` itself when it
+    is a YAML path, e.g. one of the fair lab's settings)."""
+    config = method if method.endswith(".yaml") else f"configs/method/{method}.yaml"
+    return quiet_args(root, ["configs/tiny_cpu.yaml", config], *extra)
 
 
 def seed_args(seed: int, tiny_model: bool = False) -> list[str]:
