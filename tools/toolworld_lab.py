@@ -23,7 +23,6 @@ Success is the verifier's verdict only (``val/success_d<k>``: reward ≥ the tas
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -34,9 +33,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import lab  # noqa: E402  (tools/lab.py: tail means)
+import lab  # noqa: E402  (tools/lab.py: tail means, mean ± std)
 import toolworld_demos  # noqa: E402
-from compare_methods import Lab, code_version, config_hash, method_config, seed_args  # noqa: E402
+from compare_methods import Lab, code_version, config_hash, method_config, seed_args, write_csv  # noqa: E402
 
 ENV = "data.init_args.task.init_args.environment.init_args"
 OLD_FORMAT = [f"--{ENV}.prompt_style=full", f"--{ENV}.stop_at_call_end=false"]
@@ -102,22 +101,6 @@ def run_budget(config_yaml: Path) -> str:
     )
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
-
-
 def table(evals: list[dict], runs: list[dict], args: argparse.Namespace, version: str, budget: str) -> str:
     levels = sorted({e["difficulty"] for e in evals})
     lines = [
@@ -150,7 +133,7 @@ def table(evals: list[dict], runs: list[dict], args: argparse.Namespace, version
             rs = [r for r in runs if r["method"] == method]
 
             def col(k: str, rs: list[dict] = rs) -> str:
-                return mean_std([r[k] for r in rs])
+                return lab.fmt_mean_std(r[k] for r in rs)
 
             lines.append(
                 f"| {method} | {len(rs)} | {col('val_success_start')} | {col('val_success_end')} | "
@@ -234,18 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"method": path.stem, "seed": seed, **run_summary(res["series"]),
                              "wall_min": res["wall_s"] / 60.0})  # fmt: skip
                 series = res["series"]
+                mixed, h = series.get(MIXED, []), series.get(lab.ENTROPY, [])
                 for i, r in enumerate(series.get(lab.REWARD, [])):
-                    mixed = series.get(MIXED, [])
-                    h = series.get(lab.ENTROPY, [])
                     curves.append({"method": path.stem, "seed": seed, "iteration": i, "reward": r,
                                    "entropy": h[i] if i < len(h) else math.nan,
                                    "mixed_groups": 1.0 - mixed[i] if i < len(mixed) else math.nan})  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "evals.csv", evals)
-    if rows:
-        write_csv(out / "runs.csv", rows)
-        write_csv(out / "curves.csv", curves)
+    write_csv(out / "runs.csv", rows)  # nothing is written without RL runs
+    write_csv(out / "curves.csv", curves)
     (out / "table.md").write_text(table(evals, rows, args, code_version(), budget))
     print((out / "table.md").read_text())
     return {"evals": evals, "runs": rows}
