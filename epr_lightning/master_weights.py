@@ -8,8 +8,10 @@ trainable parameter that is not fp32 keeps an fp32 **master** copy, which the op
     → optimizer step on the masters → ``refresh``: working weights = masters rounded to bf16
 
 The masters travel in the optimizer's ``state_dict`` (key ``master_weights``), so a resume restores them
-exactly instead of re-deriving them from the bf16 weights. With LoRA the frozen base is cast and the adapters
-stay fp32 and trainable (nothing needs a master). Log-probs, entropies and ratios stay fp32 (``logprobs.py``);
+exactly instead of re-deriving them from the bf16 weights. With LoRA the frozen base and the adapters are cast,
+and the adapters (the only trainable weights) get the masters: fp32 adapters next to a bf16 base would make peft
+cast every adapted layer's input to fp32 and its output back, which costs more than the bf16 matmuls save.
+Log-probs, entropies and ratios stay fp32 (``logprobs.py``);
 ``fp32_weights`` runs a pass on fp32 weights (the masters) for the precision audit's clip-decision check.
 """
 
@@ -75,15 +77,12 @@ class MasterWeights:
     check_precision = staticmethod(check_precision)
 
     @classmethod
-    def for_policy(
-        cls, policy: torch.nn.Module, compute_dtype: str, lora: Any = None, mesh: Any = None
-    ) -> MasterWeights | None:
-        """Cast ``policy``'s floating parameters to ``compute_dtype`` (with a ``lora`` config only the frozen base:
-        the adapters stay fp32), keeping fp32 masters of the trainable ones — copied *before* the cast, so an fp32
-        checkpoint's values are kept exactly. A trainable parameter already loaded in a low dtype
+    def for_policy(cls, policy: torch.nn.Module, compute_dtype: str, mesh: Any = None) -> MasterWeights | None:
+        """Cast ``policy``'s floating parameters to ``compute_dtype`` (LoRA adapters included), keeping fp32 masters
+        of the trainable ones — copied *before* the cast, so an fp32 checkpoint's values are kept exactly. A trainable parameter already loaded in a low dtype
         (``policy.dtype: bfloat16``) gets a master copied from it. None when every parameter is fp32 (nothing to
         do) or under FSDP2 (a device ``mesh``), which keeps fp32 masters itself."""
-        dtype, cast_trainable = _DTYPES[compute_dtype], lora is None
+        dtype = _DTYPES[compute_dtype]
         params = _unique_params(policy)
         low = [p for p in params if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32]
         if mesh is not None:  # FSDP2 keeps fp32 sharded masters itself and computes in model.fsdp.param_dtype
@@ -95,7 +94,7 @@ class MasterWeights:
             return None
         masters: dict[int, Tensor] = {}
         for p in params if dtype != torch.float32 else []:  # float32: nothing is cast
-            if not p.is_floating_point() or p.dtype == dtype or (p.requires_grad and not cast_trainable):
+            if not p.is_floating_point() or p.dtype == dtype:
                 continue
             if p.requires_grad:
                 masters[id(p)] = p.detach().to(torch.float32, copy=True)

@@ -197,7 +197,7 @@ class RLModule(pl.LightningModule):
         if self.init_weights is not None:
             load_policy_weights(policy, self.init_weights)
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
-        self.master_weights = MasterWeights.for_policy(policy, self.compute_dtype, self.lora, mesh)
+        self.master_weights = MasterWeights.for_policy(policy, self.compute_dtype, mesh)
         if mesh is not None:  # ModelParallelStrategy: FSDP2-shard each decoder layer, then the root
             shard_policy(policy, mesh, self.fsdp)
         if self.objective.needs_reference and not self._reference:

@@ -2,7 +2,8 @@
 
 Tiny model from a config, on the CPU: the log-probs stay fp32 and near the fp32 path, the optimizer steps fp32
 masters exactly as fp32 AdamW would and the working weights are those masters rounded to bf16, a resume restores
-the masters exactly, the precision audit's counters, LoRA on a frozen bf16 base, and the settings refused.
+the masters exactly, the precision audit's counters, LoRA (bf16 adapters with fp32 masters on a frozen bf16 base), and
+the settings refused.
 """
 
 from __future__ import annotations
@@ -279,23 +280,25 @@ def test_a_nonfinite_gradient_leaves_masters_and_working_weights_untouched() -> 
     assert all(m.grad is None for m in mw.masters) and all(p.grad is None for p in mw.working)
 
 
-def test_lora_on_a_bf16_base_trains_fp32_adapters_without_masters() -> None:
+def test_lora_in_bf16_computes_on_bf16_adapters_and_steps_their_fp32_masters() -> None:
     module = _module(
         compute_dtype="bfloat16", lora=LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     )
     mw = module.master_weights
-    assert mw is not None and mw.working == []  # nothing trainable is bf16: no master copies
     named = dict(module.built_policy.named_parameters())
     adapters = {n: p for n, p in named.items() if p.requires_grad}
     base = {n: p for n, p in named.items() if not p.requires_grad}
-    assert adapters and all("lora_" in n and p.dtype == torch.float32 for n, p in adapters.items())
+    # every weight computes in bf16 (fp32 adapters would make peft upcast each adapted layer's activations)
+    assert adapters and all("lora_" in n and p.dtype == torch.bfloat16 for n, p in adapters.items())
     assert base and all(p.dtype == torch.bfloat16 for p in base.values())
+    # ... and only the adapters have fp32 masters, which the optimizer steps instead of them
+    assert mw is not None and [id(p) for p in mw.working] == [id(p) for p in adapters.values()]
+    assert all(m.dtype == torch.float32 for m in mw.masters)
     base_before = {n: p.detach().clone() for n, p in base.items()}
     adapters_before = {n: p.detach().clone() for n, p in adapters.items()}
     opt = build_optimizer(module.built_policy, lambda p: torch.optim.AdamW(p, lr=1e-2), mw)
     assert all(
-        a is b
-        for a, b in zip([p for g in opt.param_groups for p in g["params"]], adapters.values(), strict=True)
+        a is b for a, b in zip([p for g in opt.param_groups for p in g["params"]], mw.masters, strict=True)
     )
     optim = Optimization(opt, None, lambda loss: loss.backward(), module.built_policy.parameters, mw)
     tokens = _tokens(len(module.tokenizer))
@@ -304,9 +307,10 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_without_masters() -> None:
         assert out.logp.dtype == torch.float32
         loss = -(out.logp * tokens.loss_mask).sum() / tokens.loss_mask.sum()
         assert optimizer_step(optim, loss, 1.0, NonFiniteGuard(3), iteration=step) is not None
-    for n, p in adapters.items():
-        assert p.grad is not None and p.grad.dtype == torch.float32, n
+    for (n, p), m in zip(adapters.items(), mw.masters, strict=True):
+        assert p.grad is None and m.grad is not None and m.grad.dtype == torch.float32, n
         assert not torch.equal(p, adapters_before[n]), n
+        assert torch.equal(p, m.to(torch.bfloat16)), n  # the working adapters are the masters rounded
     for n, p in base.items():
         assert p.grad is None and p.dtype == torch.bfloat16 and torch.equal(p, base_before[n]), n
 
