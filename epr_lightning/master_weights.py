@@ -77,7 +77,9 @@ class MasterWeights:
     check_precision = staticmethod(check_precision)
 
     @classmethod
-    def for_policy(cls, policy: torch.nn.Module, compute_dtype: str, mesh: Any = None) -> MasterWeights | None:
+    def for_policy(
+        cls, policy: torch.nn.Module, compute_dtype: str, mesh: Any = None
+    ) -> MasterWeights | None:
         """Cast ``policy``'s floating parameters to ``compute_dtype`` (LoRA adapters included), keeping fp32 masters
         of the trainable ones — copied *before* the cast, so an fp32 checkpoint's values are kept exactly. A trainable parameter already loaded in a low dtype
         (``policy.dtype: bfloat16``) gets a master copied from it. None when every parameter is fp32 (nothing to
