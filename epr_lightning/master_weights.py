@@ -81,9 +81,10 @@ class MasterWeights:
         cls, policy: torch.nn.Module, compute_dtype: str, mesh: Any = None
     ) -> MasterWeights | None:
         """Cast ``policy``'s floating parameters to ``compute_dtype`` (LoRA adapters included), keeping fp32 masters
-        of the trainable ones — copied *before* the cast, so an fp32 checkpoint's values are kept exactly. A trainable parameter already loaded in a low dtype
-        (``policy.dtype: bfloat16``) gets a master copied from it. None when every parameter is fp32 (nothing to
-        do) or under FSDP2 (a device ``mesh``), which keeps fp32 masters itself."""
+        of the trainable ones — copied *before* the cast, so an fp32 checkpoint's values are kept exactly. A
+        trainable parameter already loaded in a low dtype (``policy.dtype: bfloat16``) gets a master copied from it.
+        None when every parameter is fp32 (nothing to do) or under FSDP2 (a device ``mesh``), which keeps fp32
+        masters itself."""
         dtype = _DTYPES[compute_dtype]
         params = _unique_params(policy)
         low = [p for p in params if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32]

@@ -63,9 +63,8 @@ def kill_mid_write(tmp_path: Path) -> Path:
     target, marker = tmp_path / "last.ckpt", tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(target), str(marker)], cwd=ROOT)
     try:
-        deadline = (
-            time.monotonic() + 300
-        )  # the child imports torch and lightning first: slow on a busy machine
+        # the child imports torch and lightning first: slow on a busy machine
+        deadline = time.monotonic() + 300
         while not marker.exists():
             assert proc.poll() is None, f"child exited early with {proc.returncode}"
             assert time.monotonic() < deadline, "child never reached the write"

@@ -2,8 +2,8 @@
 
 Tiny model from a config, on the CPU: the log-probs stay fp32 and near the fp32 path, the optimizer steps fp32
 masters exactly as fp32 AdamW would and the working weights are those masters rounded to bf16, a resume restores
-the masters exactly, the precision audit's counters, LoRA (bf16 adapters with fp32 masters on a frozen bf16 base), and
-the settings refused.
+the masters exactly, the precision audit's counters, LoRA (bf16 adapters with fp32 masters on a frozen bf16
+base), and the settings refused.
 """
 
 from __future__ import annotations
