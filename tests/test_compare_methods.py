@@ -142,7 +142,13 @@ def test_sequential_continues_on_task_b_with_its_own_shorter_validation(tmp_path
     # the tiny random model answers no sum right: reward 0 on B's one iteration, so 0.5 is never reached
     assert all(r["reward_first"] == 0.0 and r["reached"] == 0.0 for r in seq)
     assert all(math.isnan(r["iters_to_threshold"]) for r in seq)
-    assert "Sequential learning" in (tmp_path / "out" / "table.md").read_text()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "Sequential learning" in table
+    # B's validation pass@1 before its first update and at its end (the sequential claims read them); the tiny
+    # model answers nothing right, so the premise (d) cannot hold: 0 after A is not below 0 from the start
+    assert all(r["val_pass1_b_start"] == 0.0 and r["val_pass1_b_end"] == 0.0 for r in seq)
+    premise = next(line for line in table.splitlines() if line.startswith("- (d) the premise, grpo after A"))
+    assert premise.endswith("at B's start: 0.000 (0.000) vs 0.000 (0.000): **does not hold**")
     # --threshold is read against each B run's own reward series: hand-made series in the cache (the key does
     # not hold the threshold, so the rerun trains nothing) give hand-computed iteration counts
     b_series = {"then/grpo_s0": [0.1, 0.3, 0.6, 0.8], "then/grpo_from_base_s0": [0.2, 0.25, 0.3, 0.45]}

@@ -84,3 +84,26 @@ def test_claims_on_hand_made_runs():
     assert "| grpo → grpo_repo_r | 2 | +0.000" in table and "+0.125 [" in table
     section = pairs.claims_section(runs, [("grpo", "grpo_repo_r")], n_boot=200)
     assert "**does not hold**" in section and section.count("**holds**") == 2
+
+
+def test_sequential_claims_on_hand_made_task_b_rows():
+    def row(method, seed, start, end):
+        return {"method": method, "seed": seed, "val_pass1_b_start": start, "val_pass1_b_end": end}
+
+    seq = [row("grpo", 0, 0.05, 0.50), row("grpo", 1, 0.15, 0.30),  # means 0.10 / 0.40
+           row("repo", 0, 0.20, 0.35), row("repo", 1, 0.10, 0.40),  # means 0.15 / 0.375
+           row("grpo_from_base", 0, 0.12, 0.6), row("grpo_from_base", 1, 0.14, 0.6)]  # fmt: skip
+    lines = pairs.sequential_claims(seq, "grpo")
+    d = next(line for line in lines if line.startswith("- (d)"))
+    # the premise: GRPO after A (0.10) writes the tagged answer less often than the untrained model (0.13)
+    assert "0.100 (0.050, 0.150) vs 0.130 (0.120, 0.140): **holds**" in d
+    e = next(line for line in lines if line.startswith("- (e) repo"))
+    # at B's start 0.15 >= 0.10 holds; at its end 0.375 < 0.40 does not
+    assert "at B's start 0.150 (0.200, 0.100) vs 0.100 (0.050, 0.150): **holds**" in e
+    assert "at B's end 0.375 (0.350, 0.400) vs 0.400 (0.500, 0.300): **does not hold**" in e
+    # the premise fails when the control writes the tag less often than GRPO after A
+    seq[4]["val_pass1_b_start"] = seq[5]["val_pass1_b_start"] = 0.05
+    d = next(line for line in pairs.sequential_claims(seq, "grpo") if line.startswith("- (d)"))
+    assert d.endswith("**does not hold**")
+    # rows without B's validation (an old cache) give no claims rather than a wrong one
+    assert pairs.sequential_claims([{"method": "grpo", "seed": 0}], "grpo") == []

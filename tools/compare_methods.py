@@ -292,9 +292,9 @@ def run_sequential(
         if res is None:
             continue
         summary = lab.sequential_summary(res["series"][lab.REWARD], args.threshold)
-        h = res["series"][lab.ENTROPY]
+        h, val = res["series"][lab.ENTROPY], res["series"].get("val/pass@1", [])
         rows.append({"method": name, "seed": seed, "entropy_b_initial": h[0], "entropy_b_end": lab.tail_mean(h),
-                     **summary})  # fmt: skip
+                     **summary, **({"val_pass1_b_start": val[0], "val_pass1_b_end": val[-1]} if val else {})})  # fmt: skip
     return rows
 
 
@@ -369,9 +369,11 @@ def write_outputs(
         lines += core_claim_lines(claim, a, b)
     if sequential:
         cols = (("reward_auc", "task-B reward AUC"), ("iters_to_threshold", f"iterations to {args.threshold}"),
-                ("reached", "reached threshold"), ("entropy_b_initial", "entropy at B start"))  # fmt: skip
+                ("reached", "reached threshold"), ("entropy_b_initial", "entropy at B start"),
+                ("val_pass1_b_start", "val pass@1 at B start"), ("val_pass1_b_end", "val pass@1 at B end"))  # fmt: skip
         lines += ["", f"Sequential learning on `{args.then}` ({args.then_iterations} iterations):", "",
-                  lab.method_table(sequential, cols)]  # fmt: skip
+                  lab.method_table(sequential, cols), ""]  # fmt: skip
+        lines += lab_pairs.sequential_claims(sequential, sequential[0]["method"])
     (out / "table.md").write_text("\n".join(lines) + "\n")
     if not args.no_plots:
         plot_lab(out, rows, curves, sequential, tuple(args.pair))

@@ -170,3 +170,42 @@ def fair_sections(rows: list[dict], runs: dict, pairs: Sequence[tuple[str, str]]
         claims_section(runs, pairs),
         "",
     ]
+
+
+def sequential_claims(sequential: list[dict], base: str) -> list[str]:
+    """Markdown lines: the sequential test's claims (docs/results.md, "The fair lab"), from the task-B runs'
+    validation pass@1 (``val_pass1_b_start``: B's iteration 0, before any B update; ``val_pass1_b_end``).
+
+    (d) the premise: after task A, ``base`` writes B's behaviour less often than the untrained model (the
+    ``<base>_from_base`` control) at B's iteration 0, on the seed mean. (e) for each other method M: M's B pass@1
+    at B's iteration 0 and at its end are at least ``base``'s (seed means). Per-seed values are shown."""
+    control = f"{base}_from_base"
+    by = {}
+    for row in sequential:
+        by.setdefault(row["method"], {})[row["seed"]] = row
+    if base not in by or not all("val_pass1_b_start" in r for rs in by.values() for r in rs.values()):
+        return []
+    word = {True: "**holds**", False: "**does not hold**"}
+
+    def mean_of(method: str, key: str, seeds: list) -> tuple[float, str]:
+        values = [by[method][s][key] for s in seeds]
+        return sum(values) / len(values), ", ".join(f"{v:.3f}" for v in values)
+
+    lines = ["Sequential claims (task B's validation pass@1; seed mean, per-seed values in brackets):", ""]
+    if control in by:
+        seeds = sorted(set(by[base]) & set(by[control]))
+        b, b_seeds = mean_of(base, "val_pass1_b_start", seeds)
+        c, c_seeds = mean_of(control, "val_pass1_b_start", seeds)
+        lines.append(f"- (d) the premise, {base} after A below the untrained model at B's start: {b:.3f} ({b_seeds}) "
+                     f"vs {c:.3f} ({c_seeds}): {word[b < c]}")  # fmt: skip
+    for method in by:
+        if method in (base, control):
+            continue
+        seeds = sorted(set(by[base]) & set(by[method]))
+        cells = []
+        for key, when in (("val_pass1_b_start", "at B's start"), ("val_pass1_b_end", "at B's end")):
+            m, m_seeds = mean_of(method, key, seeds)
+            b, b_seeds = mean_of(base, key, seeds)
+            cells.append(f"{when} {m:.3f} ({m_seeds}) vs {b:.3f} ({b_seeds}): {word[m >= b]}")
+        lines.append(f"- (e) {method} ≥ {base} after A, " + "; ".join(cells))
+    return [*lines, ""]
