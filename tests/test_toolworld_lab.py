@@ -80,10 +80,21 @@ def test_the_pipeline_runs_on_the_tiny_model_and_resumes_from_its_cache(tmp_path
     table = (out / "table.md").read_text()
     assert "Budget of an RL run: 2 iterations x 4 tasks x 4 episodes" in table
     assert "| after SFT (2 steps) |" in table and "| grpo | 1 |" in table
+    pngs = {png: (out / png).read_bytes() for png in ("curves.png", "success.png")}
+    assert all(len(data) > 1000 for data in pngs.values())
     capsys.readouterr()
     assert toolworld_lab.main(args)["runs"] == result["runs"]  # every stage from the cache
     printed = capsys.readouterr().out
     assert printed.count("cached") == 5 and "training" not in printed
+    # --replot redraws the PNGs from the CSVs alone, running nothing
+    for png in pngs:
+        (out / png).unlink()
+    assert toolworld_lab.main([*args, "--replot"])["runs"][0]["method"] == "grpo"
+    assert (
+        all((out / png).stat().st_size > 1000 for png in pngs) and "training" not in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit, match="no runs.csv and curves.csv"):
+        toolworld_lab.main(["--replot", "--out", str(tmp_path / "empty")])
 
 
 def test_demonstrations_take_the_task_of_the_last_config_when_its_class_changes(tmp_path: Path):

@@ -179,5 +179,49 @@ def plot_lab(
         plot_bars(out / "sequential.png", sequential, cols)
 
 
+def plot_toolworld(out: Path, runs: list[dict], curves: list[dict]) -> None:
+    """ToolWorld's learning test (``tools/toolworld_lab.py``): ``curves.png``, train reward, policy entropy and the
+    share of groups with mixed rewards per iteration (seeds as bands); ``success.png``, validation success per
+    difficulty at the warm start and at the end of each method's runs (mean over seeds, seeds as dots)."""
+    plt = _plt()
+    methods = list(dict.fromkeys(r["method"] for r in curves))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, title) in zip(axes, (("reward", "train reward"), ("entropy", "policy entropy (nats/token)"),
+                                       ("mixed_groups", "groups with mixed rewards")), strict=True):  # fmt: skip
+        for method in methods:
+            xs, mean, low, high = _bands(curves, method, key, False)
+            (line,) = ax.plot(xs, mean, label=method)
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="rollout iteration", title=title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "ToolWorld from the SFT warm start (mean over seeds; band = min–max over seeds)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    levels = sorted(
+        {k.split("_")[2] for r in runs for k in r if k.startswith("val_success_d") and k.endswith("_end")}
+    )
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.8), squeeze=False)
+    for ax, level in zip(axes[0], levels, strict=True):
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+            mine = [r for r in runs if r["method"] == method]
+            iters = float(mine[0]["iterations"])
+            pts = [[float(r[f"val_success_{level}_{when}"]) for r in mine] for when in ("start", "end")]
+            (line,) = ax.plot([0, iters], [sum(p) / len(p) for p in pts], marker="o", label=method)
+            for x, p in zip((0, iters), pts, strict=True):
+                ax.scatter([x + 0.3 * i] * len(p), p, color=line.get_color(), s=12, alpha=0.5)
+        ax.set(
+            xlabel="rollout iteration", ylabel="validation success", title=f"level {level[1:]}", ylim=(0, 1)
+        )
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "success.png", dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     main()

@@ -16,13 +16,16 @@ Every stage is an ``epr-lightning`` subprocess, one at a time, cached under ``--
    (``model.init_weights``), validating on ``--rl-val-tasks`` dev tasks at the config's ``val_check_interval``.
 
 Writes into ``--out``: ``evals.csv`` (stage, difficulty, success, tasks), ``runs.csv`` (one row per RL run),
-``curves.csv`` (per iteration: train reward, policy entropy, share of groups with mixed rewards) and ``table.md``.
+``curves.csv`` (per iteration: train reward, policy entropy, share of groups with mixed rewards), ``table.md``,
+and the plots ``curves.png`` (those three per iteration) and ``success.png`` (validation success per level at the
+warm start and the end). ``--replot`` redraws the plots from ``--out``'s CSVs and runs nothing.
 Success is the verifier's verdict only (``val/success_d<k>``: reward ≥ the task's ``success_threshold``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import statistics
 import sys
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import lab  # noqa: E402  (tools/lab.py: tail means, mean ± std)
 import toolworld_demos  # noqa: E402
 from compare_methods import Lab, code_version, config_hash, method_config, seed_args, write_csv  # noqa: E402
+from lab_plots import plot_toolworld  # noqa: E402
 
 ENV = "data.init_args.task.init_args.environment.init_args"
 OLD_FORMAT = [f"--{ENV}.prompt_style=full", f"--{ENV}.stop_at_call_end=false"]
@@ -158,10 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
     # success 0.66 / 0.28 on levels 0 / 1; 30 steps gave 1.00 / 1.00, entropy 0.001 and all-equal rewards
     p.add_argument("--sft-steps", type=int, default=4)
     p.add_argument("--skip-rl", action="store_true", help="evaluations and the warm start only")
+    p.add_argument("--replot", action="store_true", help="redraw the PNGs from --out's CSVs; run nothing")
     p.add_argument("--out", required=True)
     p.add_argument("--runs-dir", default="runs/toolworld")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.replot:
+        return replot(Path(args.out))
     args.cached_only = False
     args.config = args.config or ["configs/demo.yaml", "configs/task/toolworld_easy.yaml"]
     for c in [*args.config, args.sft_config]:
@@ -230,8 +237,21 @@ def main(argv: list[str] | None = None) -> dict:
     write_csv(out / "runs.csv", rows)  # nothing is written without RL runs
     write_csv(out / "curves.csv", curves)
     (out / "table.md").write_text(table(evals, rows, args, code_version(), budget))
+    if rows:
+        plot_toolworld(out, rows, curves)
     print((out / "table.md").read_text())
     return {"evals": evals, "runs": rows}
+
+
+def replot(out: Path) -> dict:
+    """The PNGs again from ``out``'s ``runs.csv`` and ``curves.csv`` (as the lab wrote them)."""
+    if not (out / "runs.csv").is_file() or not (out / "curves.csv").is_file():
+        raise SystemExit(f"toolworld_lab --replot: {out} has no runs.csv and curves.csv to plot")
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    curves = list(csv.DictReader(open(out / "curves.csv")))
+    plot_toolworld(out, runs, curves)
+    print(f"wrote {out}/curves.png and success.png")
+    return {"runs": runs}
 
 
 if __name__ == "__main__":
