@@ -10,6 +10,7 @@ weight push (trl#6688); :func:`iter_merged_weights` is the drop-in replacement f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,39 @@ def iter_merged_weights(
 def merged_state_dict(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The merged HF-named state dict of ``model`` (see :func:`iter_merged_weights`), all at once."""
     return dict(iter_merged_weights(model, dtype=dtype))
+
+
+@contextmanager
+def sampling_on_merged_weights(model: torch.nn.Module) -> Iterator[bool]:
+    """Within the block, ``model``'s LoRA layers compute with ``W + scaling · B @ A`` folded into their base weight
+    (fp32 arithmetic, then cast to the weight's dtype) and their adapters switched off, so a decode step runs one
+    matmul per projection instead of three; afterwards every base weight is restored bit-exactly from a copy
+    (peft's subtracting unmerge would drift a bf16 base) and the adapters compute again. Yields whether it merged
+    (False on a plain model). Costs a copy of the adapted base weights while the block runs. For inference only:
+    gradients through the block would reach neither the adapters nor the right weights.
+    """
+    layers = {  # a layer whose adapters are off (``disable_adapter()``) or already merged has nothing to fold
+        name: layer
+        for name, layer in lora_layers(model).items()
+        if not getattr(layer, "merged", False) and not layer.disable_adapters
+    }
+    saved: list[tuple[Any, torch.Tensor, bool]] = []
+    try:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                base = layer.base_layer.weight
+                state = {f"{name}.base_layer.weight": base}
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        state[f"{name}.lora_A.{adapter}.weight"] = layer.lora_A[adapter].weight
+                        state[f"{name}.lora_B.{adapter}.weight"] = layer.lora_B[adapter].weight
+                merged = merged_weight(layer, name, state).to(base.dtype)
+                saved.append((layer, base.detach().clone(), layer._disable_adapters))
+                base.copy_(merged)
+                layer._disable_adapters = True  # forward = base_layer(x), without touching requires_grad
+        yield bool(layers)
+    finally:
+        with torch.no_grad():
+            for layer, original, disabled in saved:
+                layer.base_layer.weight.copy_(original)
+                layer._disable_adapters = disabled

@@ -7,6 +7,7 @@ import torch
 from conftest import randomize_adapters
 
 from epr_lightning.logprobs import token_logprobs_and_entropy
+from epr_lightning.lora import lora_layers
 from epr_lightning.models import encode_prompts
 from epr_lightning.rollout.base import SamplingParams
 from epr_lightning.rollout.hf import HFEngine
@@ -207,3 +208,96 @@ def test_shared_prompt_prefill_with_lora(tiny_model, tiny_tokenizer):
         base = HFEngine(share_prompt_prefill=False)
         base.setup(model, tiny_tokenizer)
         assert base.generate(prompts, params, 4, model=model).completion_ids != shared.completion_ids
+
+
+def _lora_calls(model) -> tuple[list[int], list]:
+    """A counter of ``lora_A`` forward calls and the hooks that feed it."""
+    calls = [0]
+    hooks = [
+        m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        for n, m in model.named_modules()
+        if n.endswith("lora_A.default")
+    ]
+    return calls, hooks
+
+
+def test_sampling_on_merged_lora_samples_the_adapters_and_restores_the_base_exactly(
+    tiny_model, tiny_tokenizer
+):
+    pytest.importorskip("peft")
+    from epr_lightning.lora import LoRAConfig, apply_lora
+
+    model = apply_lora(tiny_model, LoRAConfig(r=4, alpha=8))
+    randomize_adapters(model, seed=3)  # non-zero adapters: merged or not, they must shape what is sampled
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?", "What is 12 - 3?"])
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=5)
+    out = {}
+    for merge in (True, False):
+        engine = HFEngine(merge_lora=merge)
+        engine.setup(model, tiny_tokenizer)
+        calls, hooks = _lora_calls(model)
+        out[merge] = engine.generate(prompts, params, 4, model=model)
+        for h in hooks:
+            h.remove()
+        # merged: one matmul per projection, the adapter branches never run; unmerged: they run every step
+        assert (calls[0] == 0) if merge else (calls[0] > 0)
+        for n, p in model.named_parameters():  # the base weights restored bit-exactly, nothing else touched
+            assert torch.equal(p, before[n][0]) and p.requires_grad == before[n][1], n
+    # in fp32 the merged weights sample the same tokens with the same log-probs up to rounding
+    assert out[True].completion_ids == out[False].completion_ids
+    for a, b in zip(out[True].sampler_logprobs, out[False].sampler_logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    assert_sampler_logprobs_are_the_trainers(out[True], model, tiny_tokenizer, 0.7)
+    # the adapters compute again after the block: the trainer's pass runs through them
+    calls, hooks = _lora_calls(model)
+    model(input_ids=torch.tensor([prompts[0]]))
+    assert calls[0] > 0
+    for h in hooks:
+        h.remove()
+
+
+def test_merged_lora_sampling_by_default_only_on_low_precision_weights_and_restored_on_errors(
+    tiny_model, tiny_tokenizer, monkeypatch
+):
+    pytest.importorskip("peft")
+    from epr_lightning.lora import LoRAConfig, apply_lora
+
+    model = apply_lora(tiny_model, LoRAConfig(r=4, alpha=8))
+    randomize_adapters(model, seed=4)
+    prompts = encode_prompts(tiny_tokenizer, ["1+1?"])
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=1)
+    engine = HFEngine()  # merge_lora=None: merge when the adapted weights are not fp32
+
+    def adapter_calls() -> int:
+        calls, hooks = _lora_calls(model)
+        engine.generate(prompts, params, 2, model=model)
+        for h in hooks:
+            h.remove()
+        return calls[0]
+
+    engine.setup(model, tiny_tokenizer)
+    assert adapter_calls() > 0  # fp32: no copy of the weights, sampled through the adapters
+    with model.disable_adapter():
+        assert adapter_calls() == 0  # adapters off: nothing to fold in, and they stay off
+    assert all(not layer.disable_adapters for layer in lora_layers(model).values())
+    model.to(torch.bfloat16)  # bf16 compute: merged
+    assert adapter_calls() == 0
+    auto, unmerged, merged = HFEngine(), HFEngine(merge_lora=False), HFEngine()  # fresh: the same call seeds
+    for e in (auto, unmerged, merged):
+        e.setup(model, tiny_tokenizer)
+    with model.disable_adapter():  # bf16 with the adapters off samples the base, not the adapters folded in
+        off = auto.generate(prompts, params, 2, model=model)
+        assert off.sampler_logprobs == unmerged.generate(prompts, params, 2, model=model).sampler_logprobs
+    assert off.sampler_logprobs != merged.generate(prompts, params, 2, model=model).sampler_logprobs
+    # an error while sampling still restores the base weights and switches the adapters back on
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("sampling failed")
+
+    monkeypatch.setattr(engine, "_generate_chunk", boom)
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        engine.generate(prompts, params, 2, model=model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert all(not layer.disable_adapters for layer in lora_layers(model).values())

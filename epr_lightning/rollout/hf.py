@@ -14,6 +14,7 @@ docs/results.md ("The regime, and why").
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, cast
 
 import torch
@@ -28,6 +29,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from epr_lightning.lora import lora_layers, sampling_on_merged_weights
 from epr_lightning.models import base_model
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
 from epr_lightning.rollout.stops import cut_at_stop
@@ -156,13 +158,25 @@ class HFEngine(RolloutEngine):
         share_prompt_prefill: run each distinct prompt of a call through the model once and copy its key/value
             cache to the rows that repeat it (the samples of a group), instead of once per row. Same tokens and
             log-probs up to float rounding (the prefill's batch shape differs).
+        merge_lora: sample a LoRA policy on its adapters folded into the base weights (``lora.
+            sampling_on_merged_weights``: one matmul per projection instead of three; the base restored exactly
+            afterwards; a copy of the adapted weights held while sampling). None (default) = when the adapted
+            weights are not fp32 (``model.compute_dtype: bfloat16``), where it is cheaper and its rounding is
+            within bf16's own; single process only. The sampler's log-probs then come from the merged weights:
+            the precision audit measures the mismatch and TIS can correct it.
     """
 
-    def __init__(self, generation_batch_size: int | None = None, share_prompt_prefill: bool = True) -> None:
+    def __init__(
+        self,
+        generation_batch_size: int | None = None,
+        share_prompt_prefill: bool = True,
+        merge_lora: bool | None = None,
+    ) -> None:
         if generation_batch_size is not None and generation_batch_size <= 0:
             raise ValueError(f"engine.generation_batch_size must be > 0, got {generation_batch_size}")
         self.generation_batch_size = generation_batch_size
         self.share_prompt_prefill = share_prompt_prefill
+        self.merge_lora = merge_lora
         self.weight_version = 0
         self.generate_calls = 0
         self.rank = 0
@@ -195,7 +209,7 @@ class HFEngine(RolloutEngine):
         logprobs: list[list[float]] = []
         entropy: list[list[float]] = []
         finish: list[str] = []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), self._sampling_weights(model):
             torch.manual_seed(seed)
             step = self.generation_batch_size or len(flat_prompts)
             for start in range(0, len(flat_prompts), step):
@@ -219,6 +233,15 @@ class HFEngine(RolloutEngine):
             weight_version=self.weight_version,
             sampler_entropy=entropy if fp32_logits(model) else None,
         )
+
+    def _sampling_weights(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        """The merged-LoRA context when ``merge_lora`` asks for it (see the class), else a no-op."""
+        layers = lora_layers(model)
+        if not layers or self.world_size > 1:
+            return nullcontext()
+        low_precision = any(layer.base_layer.weight.dtype != torch.float32 for layer in layers.values())
+        merge = low_precision if self.merge_lora is None else self.merge_lora
+        return sampling_on_merged_weights(model) if merge else nullcontext()
 
     def _generate_chunk(
         self,
