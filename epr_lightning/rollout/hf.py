@@ -237,9 +237,10 @@ class HFEngine(RolloutEngine):
     def _sampling_weights(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
         """The merged-LoRA context when ``merge_lora`` asks for it (see the class), else a no-op."""
         layers = lora_layers(model)
-        if not layers or self.world_size > 1:
-            return nullcontext()
-        low_precision = any(layer.base_layer.weight.dtype != torch.float32 for layer in layers.values())
+        weights = [layer.base_layer.weight for layer in layers.values()]
+        if not layers or self.world_size > 1 or any(hasattr(w, "full_tensor") for w in weights):
+            return nullcontext()  # sharded (DTensor) weights are not merged in place
+        low_precision = any(w.dtype != torch.float32 for w in weights)
         merge = low_precision if self.merge_lora is None else self.merge_lora
         return sampling_on_merged_weights(model) if merge else nullcontext()
 
