@@ -191,7 +191,7 @@ def sequential_claims(sequential: list[dict], base: str) -> list[str]:
         values = [by[method][s][key] for s in seeds]
         return sum(values) / len(values), ", ".join(f"{v:.3f}" for v in values)
 
-    lines = ["Sequential claims (task B's validation pass@1; seed mean, per-seed values in brackets):", ""]
+    lines = ["Sequential claims (task B's validation pass@1; seed mean, per-seed values in parentheses):", ""]
     if control in by:
         seeds = sorted(set(by[base]) & set(by[control]))
         b, b_seeds = mean_of(base, "val_pass1_b_start", seeds)
