@@ -147,12 +147,12 @@ def merged_state_dict(model: torch.nn.Module, *, dtype: torch.dtype | None = Non
 
 
 @contextmanager
-def sampling_on_merged_weights(model: torch.nn.Module) -> Iterator[bool]:
+def sampling_on_merged_weights(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, ``model``'s LoRA layers compute with ``W + scaling · B @ A`` folded into their base weight
     (fp32 arithmetic, then cast to the weight's dtype) and their adapters switched off, so a decode step runs one
     matmul per projection instead of three; afterwards every base weight is restored bit-exactly from a copy
-    (peft's subtracting unmerge would drift a bf16 base) and the adapters compute again. Yields whether it merged
-    (False on a plain model). Costs a copy of the adapted base weights while the block runs. For inference only:
+    (peft's subtracting unmerge would drift a bf16 base) and the adapters compute again (a plain model is left as
+    it is). Costs a copy of the adapted base weights while the block runs. For inference only:
     gradients through the block would reach neither the adapters nor the right weights.
     """
     layers = {  # a layer whose adapters are off (``disable_adapter()``) or already merged has nothing to fold
@@ -160,7 +160,7 @@ def sampling_on_merged_weights(model: torch.nn.Module) -> Iterator[bool]:
         for name, layer in lora_layers(model).items()
         if not getattr(layer, "merged", False) and not layer.disable_adapters
     }
-    saved: list[tuple[Any, torch.Tensor, bool]] = []
+    saved: list[tuple[Any, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for name, layer in layers.items():
@@ -171,12 +171,12 @@ def sampling_on_merged_weights(model: torch.nn.Module) -> Iterator[bool]:
                         state[f"{name}.lora_A.{adapter}.weight"] = layer.lora_A[adapter].weight
                         state[f"{name}.lora_B.{adapter}.weight"] = layer.lora_B[adapter].weight
                 merged = merged_weight(layer, name, state).to(base.dtype)
-                saved.append((layer, base.detach().clone(), layer._disable_adapters))
+                saved.append((layer, base.detach().clone()))
                 base.copy_(merged)
                 layer._disable_adapters = True  # forward = base_layer(x), without touching requires_grad
-        yield bool(layers)
+        yield
     finally:
         with torch.no_grad():
-            for layer, original, disabled in saved:
+            for layer, original in saved:  # every layer merged had its adapters on (see the filter above)
                 layer.base_layer.weight.copy_(original)
-                layer._disable_adapters = disabled
+                layer._disable_adapters = False

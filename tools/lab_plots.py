@@ -50,15 +50,20 @@ def _bands(
     )
 
 
+def _draw_bands(ax, curves: list[dict], methods: list[str], key: str, relative: bool) -> None:
+    """One line per method on ``ax``: the mean over seeds of ``key``, with the min–max over seeds as a band."""
+    for method in methods:
+        xs, mean, low, high = _bands(curves, method, key, relative)
+        (line,) = ax.plot(xs, mean, label=method)
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+
+
 def plot_curves(
     path: Path, curves: list[dict], methods: list[str], key: str, relative: bool, title: str
 ) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for method in methods:
-        xs, mean, low, high = _bands(curves, method, key, relative)
-        (line,) = ax.plot(xs, mean, label=method)
-        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    _draw_bands(ax, curves, methods, key, relative)
     if relative:
         ax.axhspan(0.85, 1.15, color="grey", alpha=0.12, label="±15% of initial")
     ax.set_xlabel("rollout iteration")
@@ -188,10 +193,7 @@ def plot_toolworld(out: Path, runs: list[dict], curves: list[dict]) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, title) in zip(axes, (("reward", "train reward"), ("entropy", "policy entropy (nats/token)"),
                                        ("mixed_groups", "groups with mixed rewards")), strict=True):  # fmt: skip
-        for method in methods:
-            xs, mean, low, high = _bands(curves, method, key, False)
-            (line,) = ax.plot(xs, mean, label=method)
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+        _draw_bands(ax, curves, methods, key, False)
         ax.set(xlabel="rollout iteration", title=title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

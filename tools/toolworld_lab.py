@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import lab  # noqa: E402  (tools/lab.py: tail means, mean ± std)
 import toolworld_demos  # noqa: E402
 from compare_methods import Lab, code_version, config_hash, method_config, seed_args, write_csv  # noqa: E402
-from lab_plots import plot_toolworld  # noqa: E402
+from lab_plots import plot_toolworld, read_rows  # noqa: E402
 
 ENV = "data.init_args.task.init_args.environment.init_args"
 OLD_FORMAT = [f"--{ENV}.prompt_style=full", f"--{ENV}.stop_at_call_end=false"]
@@ -247,8 +247,9 @@ def replot(out: Path) -> dict:
     """The PNGs again from ``out``'s ``runs.csv`` and ``curves.csv`` (as the lab wrote them)."""
     if not (out / "runs.csv").is_file() or not (out / "curves.csv").is_file():
         raise SystemExit(f"toolworld_lab --replot: {out} has no runs.csv and curves.csv to plot")
-    runs = list(csv.DictReader(open(out / "runs.csv")))
-    curves = list(csv.DictReader(open(out / "curves.csv")))
+    runs = read_rows([str(out / "runs.csv")], None, {})
+    with open(out / "curves.csv", newline="") as f:
+        curves = list(csv.DictReader(f))
     plot_toolworld(out, runs, curves)
     print(f"wrote {out}/curves.png and success.png")
     return {"runs": runs}
