@@ -75,6 +75,13 @@ def test_one_tiny_run_prints_both_precisions_against_the_raw_loop(capsys):
         assert f"[step memory] model=tiny precision={precision}" in out
     assert out.count("raw loop (transformers + torch), by stage") == 2
     assert out.count("step ratio = our step / raw loop step") == 2
+    # what differs in the work is printed next to the ratio: tokens sampled and rows left out of the update
+    work = re.findall(
+        r"the raw loop samples (\d+) tokens a step .*, ours (\d+) .*; (\d+)% of our rows skip", out
+    )
+    assert len(work) == 2, out
+    for raw_tokens, our_tokens, skipped in work:
+        assert 0 < int(our_tokens) <= int(raw_tokens) and 0 <= int(skipped) <= 100
     rows = {m[1]: m for line in out.splitlines() if (m := SUMMARY_ROW.match(line))}
     assert set(rows) == {"float32", "bfloat16"}, out
     for _, ratio, gap, speedup in (m.groups() for m in rows.values()):

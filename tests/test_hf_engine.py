@@ -141,16 +141,23 @@ def _shared_and_separate(model, tokenizer, prompts, params, num_samples, generat
     hook = model.get_input_embeddings().register_forward_hook(
         lambda module, args, out: rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None
     )
-    out = []
+    head_calls: list[int] = []
+    head_hook = model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1))
+    out, heads = [], []
     try:
         for share in (True, False):
             engine = HFEngine(generation_batch_size=generation_batch_size, share_prompt_prefill=share)
             engine.setup(model, tokenizer)
             out.append((engine.generate(prompts, params, num_samples, model=model), list(rows)))
+            heads.append(len(head_calls))
             rows.clear()
+            head_calls.clear()
     finally:
         hook.remove()
+        head_hook.remove()
     (shared, shared_rows), (separate, separate_rows) = out
+    # the shared prefill runs the decoder only: the LM head runs once per sampled position, as without it
+    assert heads[0] == heads[1] > 0
     assert shared.completion_ids == separate.completion_ids
     assert shared.group_index == separate.group_index and shared.prompt_ids == separate.prompt_ids
     for a, b in zip(shared.sampler_logprobs, separate.sampler_logprobs, strict=True):

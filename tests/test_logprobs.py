@@ -98,3 +98,30 @@ def test_bf16_logprob_switch_rounds_the_log_probs_and_keeps_fp32_alongside(tiny_
     assert torch.allclose(low.entropy[m], fp32.entropy[m], atol=0.1)
     lp, _ = token_logprobs_and_entropy(tiny_model, ids, attn, score, temperature=0.7)
     assert torch.equal(lp, fp32.logp)  # the two-value helper is the same pass
+
+
+def test_head_weight_reuses_a_frozen_weights_copy_until_it_changes_and_casts_trainable_ones_each_time():
+    from epr_lightning.logprobs import _HEAD_COPIES, head_weight
+
+    frozen = torch.nn.Parameter(torch.randn(7, 3).bfloat16(), requires_grad=False)
+    first = head_weight(frozen, torch.float32)
+    assert first.dtype == torch.float32 and torch.equal(first, frozen.float())
+    assert head_weight(frozen, torch.float32) is first  # the same copy: no second cast
+    with torch.no_grad():
+        frozen.mul_(2)  # an in-place change (a resume's load_state_dict): a new copy
+    again = head_weight(frozen, torch.float32)
+    assert again is not first and torch.equal(again, frozen.float())
+    assert head_weight(frozen.detach(), torch.float32) is not again  # another tensor object: its own copy
+
+    trainable = torch.nn.Parameter(torch.randn(7, 3).bfloat16())
+    cast = head_weight(trainable, torch.float32)
+    cast.sum().backward()  # the cast is in the graph: the gradient reaches the weight
+    assert trainable.grad is not None and id(trainable) not in _HEAD_COPIES
+    assert head_weight(frozen, torch.bfloat16) is frozen  # its own dtype: no copy
+
+    key = id(frozen)
+    del frozen, first, again
+    import gc
+
+    gc.collect()
+    assert key not in _HEAD_COPIES  # a freed weight's copy goes with it

@@ -14,8 +14,8 @@ from epr_lightning.rollout.hf import HFEngine
 from epr_lightning.validation import validation_entropy
 
 
-def _rollout(model, tokenizer, temperature):
-    engine = HFEngine()
+def _rollout(model, tokenizer, temperature, **engine_args):
+    engine = HFEngine(**engine_args)
     engine.setup(model, tokenizer)
     prompts = encode_prompts(tokenizer, ["1+1?", "What is 12 - 3?", "7*6"])
     return engine.generate(
@@ -40,9 +40,28 @@ def test_sampler_entropy_is_the_trainers_entropy(tiny_model, tiny_tokenizer, tem
     assert entropy[m].std() > 0  # a real comparison: the entropies vary from token to token
 
 
-def test_no_sampler_entropy_without_fp32_logits_falls_back_to_the_policy_pass(tiny_model, tiny_tokenizer):
+def test_a_bf16_policy_samples_from_fp32_logits_and_records_the_trainers_entropy(tiny_model, tiny_tokenizer):
     model = tiny_model.to(torch.bfloat16)
     rollout = _rollout(model, tiny_tokenizer, 1.0)
+    assert rollout.sampler_entropy is not None  # the head ran in fp32 while sampling (fp32_head_logits)
+    assert "forward" not in vars(model.lm_head)  # and is its own class's again
+    batch = rollout.to_batch(tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, entropy = token_logprobs_and_entropy(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, fp32_head=True
+        )
+    recorded = validation_entropy(rollout, batch, lambda: pytest.fail("no policy pass expected"))
+    m = batch.loss_mask.bool()
+    sampled = torch.tensor([x for row in rollout.sampler_logprobs for x in row])
+    # the same fp32 head over the same bf16 body; what differs is the decode's cached attention in bf16
+    assert (recorded[m] - entropy[m]).abs().max() < 1e-3
+    assert (sampled - logp[m]).abs().max() < 2e-3
+    assert entropy[m].std() > 0
+
+
+def test_no_sampler_entropy_without_fp32_logits_falls_back_to_the_policy_pass(tiny_model, tiny_tokenizer):
+    model = tiny_model.to(torch.bfloat16)
+    rollout = _rollout(model, tiny_tokenizer, 1.0, fp32_head=False)
     assert rollout.sampler_entropy is None  # bf16 logits: not the fp32 numbers the project promises
     batch = rollout.to_batch(tiny_tokenizer.pad_token_id)
     sentinel = torch.full(batch.loss_mask.shape, 3.0)

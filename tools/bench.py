@@ -107,6 +107,11 @@ def print_step(args: argparse.Namespace, precision: str, r: dict[str, float]) ->
     print(
         f"  step ratio = our step / raw loop step {r['step_ratio']:.3f}   (goal <= 1.00) {verdict(ratio_ok)}"
     )
+    print(
+        f"  work: the raw loop samples {r['new_tokens']:.0f} tokens a step (every row to the longest completion), "
+        f"ours {r['our_tokens']:.0f} (ending at EOS); {100 * r['skipped_rows_frac']:.0f}% of our rows skip the "
+        "gradient pass (advantage 0: the same update)"
+    )
     monitor_ok = r["monitor_share"] <= MONITOR_SHARE_GOAL
     print(
         f"  monitoring          {r['monitor_s']:.3f} s = {100 * r['monitor_share']:.1f}% of the step "

@@ -169,7 +169,10 @@ def bench_step(
     model: str, iterations: int, prompts: int, generations: int, new_tokens: int, precision: str = "float32"
 ) -> dict[str, float]:
     """Our step and the raw loop in ``precision``: ``raw:<stage>``, ``raw_step_s``, ``stage:<stage>``,
-    ``step_s``, ``step_ratio`` (our step / the raw loop's), the monitoring callbacks' time and share."""
+    ``step_s``, ``step_ratio`` (our step / the raw loop's), the monitoring callbacks' time and share, and what
+    differs in the work: the tokens each samples a step (``new_tokens``: the raw loop's, every row to the
+    longest completion; ``our_tokens``: ours, which end at EOS) and the share of our rows that the update leaves
+    out of the gradient pass (``skipped_rows_frac``: advantage 0, so the same update)."""
     import lightning.pytorch as pl
 
     from epr_lightning.data import PromptDataModule
@@ -183,11 +186,13 @@ def bench_step(
     time_stages(module, stages)
     timer = StepTimer(monitors, stages)
     work: list[tuple[list[list[int]], int]] = []  # per step: the prompts' ids, the generated steps
+    sampled: list[int] = []  # per step: the tokens our rollout sampled (its completions end at EOS)
     rollout = module.rollout
 
     def recorded_rollout(prompts_in: Any, num_samples: int) -> Any:
         out = rollout(prompts_in, num_samples)
         work.append((prompts_in.ids, max(len(c) for c in out.completion_ids)))
+        sampled.append(sum(len(c) for c in out.completion_ids))
         return out
 
     module.rollout = recorded_rollout  # type: ignore[method-assign]
@@ -213,6 +218,8 @@ def bench_step(
         **{f"stage:{k}": per_stage.get(k, 0.0) for k in STAGES},
         "stage:other": step - sum(per_stage.get(k, 0.0) for k in STAGES),
         "new_tokens": float(statistics.median(len(ids) * generations * n for ids, n in work)),
+        "our_tokens": float(statistics.median(sampled)),
+        "skipped_rows_frac": statistics.median(timer.skipped_rows[1:] or timer.skipped_rows),
         "step_s": step,
         "step_ratio": step / raw_step,
         "monitor_s": monitor,

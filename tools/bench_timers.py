@@ -34,10 +34,13 @@ class StepTimer:
                     stages.end_step()
                 outer.last_batch = batch
                 outer.monitor_time.append(0.0)
+                skipped = trainer.callback_metrics.get("train/skipped_rows_frac")
+                outer.skipped_rows.append(float("nan") if skipped is None else float(skipped))
 
         self.callback = _Timer()
         self.steps: list[float] = []
         self.monitor_time: list[float] = []
+        self.skipped_rows: list[float] = []  # per step: the share of rows left out of the gradient pass
         self.last_batch: Any = None
         for cb in monitors:
             original = cb.on_train_batch_end

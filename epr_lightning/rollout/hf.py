@@ -14,10 +14,12 @@ docs/results.md ("The regime, and why").
 from __future__ import annotations
 
 import inspect
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from transformers import (
     DynamicCache,
     GenerationConfig,
@@ -29,6 +31,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from epr_lightning.logprobs import head_weight, split_causal_lm
 from epr_lightning.lora import lora_layers, sampling_on_merged_weights
 from epr_lightning.models import base_model
 from epr_lightning.rollout.base import Rollout, RolloutEngine, SamplingParams, stop_ids
@@ -110,6 +113,28 @@ def fp32_logits(model: torch.nn.Module) -> bool:
     return head is not None and head.weight.dtype == torch.float32
 
 
+@contextmanager
+def fp32_head_logits(model: torch.nn.Module) -> Iterator[bool]:
+    """Within the block the model's LM head computes fp32 logits: its matmul runs on the hidden states and weights
+    upcast to fp32 (as the trainer's ``logprobs.score_tokens`` does with ``fp32_head``), so a bf16 policy samples
+    from, and records the log-probs and entropies of, the same fp32 logits its update computes. Yields whether
+    the logits are fp32: the head already is, or was switched (sharded DTensor weights and a head with LoRA
+    adapters are left as they are).
+    Uses the fp32 copy of a frozen head that the log-prob pass keeps (``logprobs.head_weight``)."""
+    head = base_model(model).get_output_embeddings()
+    exact = head is not None and head.weight.dtype == torch.float32
+    if exact or head is None or hasattr(head.weight, "full_tensor") or hasattr(head, "base_layer"):
+        yield exact  # already fp32; or sharded, or a LoRA-adapted head (its forward is not one matmul)
+        return
+    weight = head_weight(head.weight, torch.float32)
+    bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
+    head.forward = lambda hidden: F.linear(hidden.float(), weight, bias)
+    try:
+        yield True
+    finally:
+        del head.forward  # back to the class's forward
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of ``prompts`` padded on the left to the longest (what ``generate`` wants)."""
     width = max(len(p) for p in prompts)
@@ -142,10 +167,20 @@ def shared_prefill(model: Any, input_ids: torch.Tensor, attention: torch.Tensor)
     cache = DynamicCache(config=model.config)
     accepts = inspect.signature(base_model(model).forward).parameters
     name = "cache" if "cache" in accepts else "past_key_values"
-    kwargs: dict[str, Any] = {name: cache}
-    if "logits_to_keep" in accepts:
-        kwargs["logits_to_keep"] = 1  # the prefill's logits are not used
-    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    kwargs: dict[str, Any] = {
+        name: cache,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions,
+    }
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        # FSDP2 gathers the root's own weights (the embeddings) only in the root's forward: run the whole model
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}  # its logits are not used
+        model(use_cache=True, **keep, **kwargs)
+    else:
+        # The decoder alone: the prefill's logits are not used, and the LM head on the last position's slice of
+        # a bf16 batch took 250 ms on CPU (a non-contiguous 3-D bf16 input falls off the fast matmul path).
+        split_causal_lm(model)[0](use_cache=True, **kwargs)
     cache.reorder_cache(cast(torch.LongTensor, torch.tensor(index, device=input_ids.device)))
     return {name: cache}
 
@@ -164,6 +199,9 @@ class HFEngine(RolloutEngine):
             weights are not fp32 (``model.compute_dtype: bfloat16``), where it is cheaper and its rounding is
             within bf16's own; single process only. The sampler's log-probs then come from the merged weights:
             the precision audit measures the mismatch and TIS can correct it.
+        fp32_head: compute the sampling logits in fp32 when the LM head's weights are not (``fp32_head_logits``),
+            so that a bf16 policy's sampler log-probs and entropies are fp32 like the trainer's; validation then
+            reads its entropy from the sampler instead of a second pass over every sample.
     """
 
     def __init__(
@@ -171,12 +209,14 @@ class HFEngine(RolloutEngine):
         generation_batch_size: int | None = None,
         share_prompt_prefill: bool = True,
         merge_lora: bool | None = None,
+        fp32_head: bool = True,
     ) -> None:
         if generation_batch_size is not None and generation_batch_size <= 0:
             raise ValueError(f"engine.generation_batch_size must be > 0, got {generation_batch_size}")
         self.generation_batch_size = generation_batch_size
         self.share_prompt_prefill = share_prompt_prefill
         self.merge_lora = merge_lora
+        self.fp32_head = fp32_head
         self.weight_version = 0
         self.generate_calls = 0
         self.rank = 0
@@ -209,7 +249,12 @@ class HFEngine(RolloutEngine):
         logprobs: list[list[float]] = []
         entropy: list[list[float]] = []
         finish: list[str] = []
-        with torch.random.fork_rng(devices=devices), self._sampling_weights(model):
+        with ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            stack.enter_context(self._sampling_weights(model))
+            exact_logits = (
+                stack.enter_context(fp32_head_logits(model)) if self.fp32_head else fp32_logits(model)
+            )
             torch.manual_seed(seed)
             step = self.generation_batch_size or len(flat_prompts)
             for start in range(0, len(flat_prompts), step):
@@ -231,7 +276,7 @@ class HFEngine(RolloutEngine):
             completion_text=texts,
             prompt_text=prompt_text,
             weight_version=self.weight_version,
-            sampler_entropy=entropy if fp32_logits(model) else None,
+            sampler_entropy=entropy if exact_logits else None,
         )
 
     def _sampling_weights(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
