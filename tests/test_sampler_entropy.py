@@ -31,8 +31,8 @@ def test_sampler_entropy_is_the_trainers_entropy(tiny_model, tiny_tokenizer, tem
     batch = rollout.to_batch(tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         _, entropy = token_logprobs_and_entropy(
-            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask
-        )  # T = 1: the policy's own entropy, whatever the sampling temperature
+            tiny_model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=temperature
+        )  # the sampling distribution's entropy: what the trainer's pass (and its fallback here) computes
     recorded = validation_entropy(rollout, batch, lambda: pytest.fail("no policy pass expected"))
     m = batch.loss_mask.bool()
     assert recorded.dtype == torch.float32 and torch.equal(recorded[~m], torch.zeros_like(recorded[~m]))

@@ -68,7 +68,8 @@ class Rollout:
         completion_text: decoded completion (without the stop token) for rewards and logging only.
         prompt_text: the prompt as text (after the chat template), for logging.
         weight_version: the engine's weight version that produced the samples.
-        sampler_entropy: the full-vocabulary entropy of the policy (T = 1, fp32) at each completion token, when
+        sampler_entropy: the full-vocabulary entropy (fp32) of the distribution each completion token was drawn from
+            (the policy's logits / T, before top-p: what the trainer's log-prob pass gives at that temperature), when
             the engine sampled from the trained module itself with fp32 logits (the HF engine); else None, and
             whoever needs entropies runs the policy over the tokens.
     """

@@ -56,17 +56,19 @@ class SampledTokenLogProbs(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._read(input_ids[:, -1:])
-        logits = scores.float()  # the policy's own distribution (T = 1); entropy as logprobs.py computes it
+        logits = scores.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        # the temperature-scaled distribution the tokens are drawn from: its log-probs and its entropy, as the
+        # trainer's log-prob pass (logprobs.score_tokens at the sampling temperature) computes them
         logz = torch.logsumexp(logits, dim=-1)
         self.entropy_steps.append((logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)).cpu())
-        if self.temperature == 1.0:
-            self.last = logits - logz[:, None]
-        else:
-            self.last = torch.log_softmax(logits / self.temperature, dim=-1)
+        self.last = logits - logz[:, None] if self.temperature == 1.0 else torch.log_softmax(logits, dim=-1)
         return scores
 
     def entropies(self) -> torch.Tensor:
-        """[batch, steps] entropy of the policy (T = 1) at each step, aligned with ``finish``'s log-probs."""
+        """[batch, steps] entropy of the sampling distribution (logits / T) at each step, aligned with ``finish``'s
+        log-probs."""
         if not self.entropy_steps:
             return torch.zeros(0, 0)
         return torch.stack(self.entropy_steps, dim=1)
@@ -298,7 +300,7 @@ class HFEngine(RolloutEngine):
         device: torch.device,
     ) -> tuple[list[list[int]], list[list[float]], list[str], list[list[float]]]:
         """Completions (cut after the first stop token id or stop string), their log-probs, finish reasons and
-        the policy's entropy (T = 1) at each of their tokens."""
+        the entropy of the sampling distribution (logits / T) at each of their tokens."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         input_ids, attention = left_pad(prompts, pad)
         width = input_ids.shape[1]
