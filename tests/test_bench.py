@@ -88,3 +88,21 @@ def test_one_tiny_run_prints_both_precisions_against_the_raw_loop(capsys):
         assert math.isfinite(float(gap))
         assert all(math.isfinite(float(x)) and float(x) > 0 for x in (ratio, speedup))
     assert float(rows["float32"][4]) == 1.0
+
+
+def test_every_row_makes_our_update_run_every_row_as_the_raw_loop_does(capsys):
+    argv = [
+        "--model",
+        "tiny",
+        "--iterations",
+        "2",
+        "--prompts",
+        "1",
+        "--generations",
+        "2",
+        "--new-tokens",
+        "4",
+    ]
+    bench.main([*argv, "--precisions", "float32", "--skip-memory", "--skip-step-memory", "--every-row"])
+    out = capsys.readouterr().out
+    assert re.findall(r"; (\d+)% of our rows skip the gradient pass", out) == ["0"], out

@@ -24,9 +24,14 @@ over its float32 step (fp32 step / this precision's step).
    (forward and backward) against materialising full fp32 logits, at batch×length = 8192 tokens and a 49,152
    vocabulary (goal: ≤ 1/4).
 
+The step lines also say how the work differs: tokens sampled (the raw loop's rows run to the longest
+completion, ours end at EOS; the decoding steps are the same) and the share of our rows that skip the gradient
+pass (advantage 0: the same update). ``--every-row`` makes our update run every row, as the raw loop does, for
+a comparison of the same update work (step time and step memory).
+
 Usage: ``python tools/bench.py [--model tiny|smollm2] [--iterations 4] [--prompts 4] [--generations 4]
-[--new-tokens 48] [--precisions float32 bfloat16] [--skip-step] [--skip-step-memory] [--skip-memory]``
-(``--compute-dtype X`` = ``--precisions X``). The exit status is 1 when a goal is missed.
+[--new-tokens 48] [--precisions float32 bfloat16] [--every-row] [--skip-step] [--skip-step-memory]
+[--skip-memory]`` (``--compute-dtype X`` = ``--precisions X``). The exit status is 1 when a goal is missed.
 """
 
 from __future__ import annotations
@@ -162,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["float32", "bfloat16"],
         help="one precision only (the same as --precisions X)",
     )
+    parser.add_argument(
+        "--every-row",
+        action="store_true",
+        help="our update takes the gradient pass on every row, as the raw loop does (by default it leaves out "
+        "rows whose advantage is 0: the same update, less work)",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-step-memory", action="store_true")
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_memory_child:
         step_memory_child(
             args.step_memory_child, args.model, args.iterations, args.prompts, args.generations,
-            args.new_tokens, precisions[0],
+            args.new_tokens, precisions[0], args.every_row,
         )  # fmt: skip
         return 0
     ok = True
@@ -183,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         results[precision] = {}
         if not args.skip_step:
             r = bench_step(
-                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision
-            )
+                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision,
+                args.every_row,
+            )  # fmt: skip
             ok &= print_step(args, precision, r)
             results[precision].update(r)
         if not args.skip_step_memory:
             r = bench_step_memory(
-                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision
-            )
+                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision,
+                args.every_row,
+            )  # fmt: skip
             ok &= print_step_memory(args, precision, r)
             results[precision]["gap_gib"] = r["gap_gib"]
     if not (args.skip_step and args.skip_step_memory):

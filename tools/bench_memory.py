@@ -37,6 +37,7 @@ def step_memory_child(
     generations: int,
     new_tokens: int,
     precision: str = "float32",
+    every_row: bool = False,
 ) -> None:
     """Run ``iterations`` steps of the raw loop or the app and print its peak RSS above the post-import RSS."""
     import lightning.pytorch as pl
@@ -57,7 +58,7 @@ def step_memory_child(
             rollout_peak.append(max(meter.peak, meter.now()))
 
     if which == "app":
-        module, monitors = app_module(model, generations, new_tokens, precision)
+        module, monitors = app_module(model, generations, new_tokens, precision, every_row)
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -85,7 +86,13 @@ def step_memory_child(
 
 
 def bench_step_memory(
-    model: str, iterations: int, prompts: int, generations: int, new_tokens: int, precision: str = "float32"
+    model: str,
+    iterations: int,
+    prompts: int,
+    generations: int,
+    new_tokens: int,
+    precision: str = "float32",
+    every_row: bool = False,
 ) -> dict[str, float]:
     """Peak RSS (GiB) of the raw loop and the app in ``precision``, each in a fresh subprocess, and the gaps."""
     policy_source(model).build()  # SmolLM2: make the one-time GGUF conversion here, outside both measurements
@@ -94,7 +101,7 @@ def bench_step_memory(
         proc = subprocess.run(
             [sys.executable, str(BENCH), "--step-memory-child", which, "--model", model,
              "--iterations", str(iterations), "--prompts", str(prompts), "--generations", str(generations),
-             "--new-tokens", str(new_tokens), "--precisions", precision],
+             "--new-tokens", str(new_tokens), "--precisions", precision, *(["--every-row"] if every_row else [])],
             capture_output=True, text=True, cwd=ROOT,
         )  # fmt: skip
         if proc.returncode != 0:

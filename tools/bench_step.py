@@ -60,8 +60,15 @@ def optimizer_factory(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
 
 
-def app_module(model: str, generations: int, new_tokens: int, precision: str) -> tuple[Any, list[Any]]:
-    """The app's ``RLModule`` as both benchmarks build it, and the monitoring callbacks at their defaults."""
+def app_module(
+    model: str, generations: int, new_tokens: int, precision: str, every_row: bool = False
+) -> tuple[Any, list[Any]]:
+    """The app's ``RLModule`` as both benchmarks build it, and the monitoring callbacks at their defaults.
+
+    ``every_row``: every row takes the gradient pass, as in the raw loop (by default the update leaves out the
+    rows whose advantage is 0, which gives the same update with less work)."""
+    import dataclasses
+
     from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
     from epr_lightning.module import RLModule
     from epr_lightning.rollout.base import SamplingParams
@@ -73,6 +80,9 @@ def app_module(model: str, generations: int, new_tokens: int, precision: str) ->
         optimizer=optimizer_factory,
         compute_dtype=precision,  # type: ignore[arg-type]
     )
+    if every_row:
+        update = module.policy_update
+        update.settings = dataclasses.replace(update.settings, skip_zero_advantage=False)
     return module, [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
 
 
@@ -166,7 +176,13 @@ class RawLoop:
 
 
 def bench_step(
-    model: str, iterations: int, prompts: int, generations: int, new_tokens: int, precision: str = "float32"
+    model: str,
+    iterations: int,
+    prompts: int,
+    generations: int,
+    new_tokens: int,
+    precision: str = "float32",
+    every_row: bool = False,
 ) -> dict[str, float]:
     """Our step and the raw loop in ``precision``: ``raw:<stage>``, ``raw_step_s``, ``stage:<stage>``,
     ``step_s``, ``step_ratio`` (our step / the raw loop's), the monitoring callbacks' time and share, and what
@@ -178,7 +194,7 @@ def bench_step(
     from epr_lightning.data import PromptDataModule
     from epr_lightning.tasks.arithmetic import ArithmeticTask
 
-    module, monitors = app_module(model, generations, new_tokens, precision)
+    module, monitors = app_module(model, generations, new_tokens, precision, every_row)
     data = PromptDataModule(
         ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
     )
