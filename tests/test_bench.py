@@ -55,20 +55,11 @@ def test_summary_has_a_row_per_precision_with_ratio_gap_and_speed_up_against_fp3
 SUMMARY_ROW = re.compile(r"^\s+(float32|bfloat16)\s+(\S+) (?:OK|OVER)\s+([+-]\S+) GiB (?:OK|OVER)\s+(\S+)$")
 
 
+TINY_RUN = "--model tiny --iterations 2 --prompts 1 --generations 2 --new-tokens 4".split()
+
+
 def test_one_tiny_run_prints_both_precisions_against_the_raw_loop(capsys):
-    argv = [
-        "--model",
-        "tiny",
-        "--iterations",
-        "2",
-        "--prompts",
-        "1",
-        "--generations",
-        "2",
-        "--new-tokens",
-        "4",
-    ]
-    bench.main([*argv, "--skip-memory"])  # the exit status says whether the goals are met: not asserted
+    bench.main([*TINY_RUN, "--skip-memory"])  # the exit status says whether the goals are met: not asserted
     out = capsys.readouterr().out
     for precision in ("float32", "bfloat16"):
         assert f"[step] model=tiny precision={precision}" in out
@@ -91,18 +82,6 @@ def test_one_tiny_run_prints_both_precisions_against_the_raw_loop(capsys):
 
 
 def test_every_row_makes_our_update_run_every_row_as_the_raw_loop_does(capsys):
-    argv = [
-        "--model",
-        "tiny",
-        "--iterations",
-        "2",
-        "--prompts",
-        "1",
-        "--generations",
-        "2",
-        "--new-tokens",
-        "4",
-    ]
-    bench.main([*argv, "--precisions", "float32", "--skip-memory", "--skip-step-memory", "--every-row"])
+    bench.main([*TINY_RUN, "--precisions", "float32", "--skip-memory", "--skip-step-memory", "--every-row"])
     out = capsys.readouterr().out
     assert re.findall(r"; (\d+)% of our rows skip the gradient pass", out) == ["0"], out
