@@ -63,7 +63,7 @@ class SampledTokenLogProbs(LogitsProcessor):
         # trainer's log-prob pass (logprobs.score_tokens at the sampling temperature) computes them
         logz = torch.logsumexp(logits, dim=-1)
         self.entropy_steps.append((logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)).cpu())
-        self.last = logits - logz[:, None] if self.temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        self.last = logits - logz[:, None]
         return scores
 
     def entropies(self) -> torch.Tensor:
@@ -124,7 +124,7 @@ def fp32_head_logits(model: torch.nn.Module) -> Iterator[bool]:
     adapters are left as they are).
     Uses the fp32 copy of a frozen head that the log-prob pass keeps (``logprobs.head_weight``)."""
     head = base_model(model).get_output_embeddings()
-    exact = head is not None and head.weight.dtype == torch.float32
+    exact = fp32_logits(model)
     if exact or head is None or hasattr(head.weight, "full_tensor") or hasattr(head, "base_layer"):
         yield exact  # already fp32; or sharded, or a LoRA-adapted head (its forward is not one matmul)
         return
