@@ -104,6 +104,7 @@ def test_compare_methods_smoke_on_the_tiny_model(tmp_path, capsys, monkeypatch):
     assert all(0.0 <= float(r["pass_at_1"]) <= float(r["pass_at_4"]) <= 1.0 for r in rows)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| grpo → repo_r | 2 |" in table and "Pre-registered claims" in table
+    assert "Seed noise" in table and ("| effect on" in table or "no effect distinguishable" in table)
     assert "| grpo | 2 |" in table and "| repo_r | 2 |" in table and "tools/compare_methods.py" in table
     for png in ("entropy.png", "reward.png", "pair_grpo_repo_r.png", "summary.png", "tradeoff.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
@@ -248,7 +249,9 @@ def test_lab_resumes_a_killed_run_accumulates_its_wall_time_and_keys_the_cache(t
     monkeypatch.setattr(
         tool.Lab, "run", lambda self, label, key, cli, total, index: runs.append((label, key, cli))
     )
-    tool.main([*argv, "--vary", "model.init_args.sampling.temperature=1.0,0.5"])
+    # a sweep's values pair by their run names, e.g. each temperature against 1.0
+    tool.main([*argv, "--vary", "model.init_args.sampling.temperature=1.0,0.5",
+               "--pairs", "grpo[temperature=1.0]:grpo[temperature=0.5]"])  # fmt: skip
     assert [label for label, _, _ in runs] == ["grpo[temperature1.0]_s0", "grpo[temperature0.5]_s0"]
     assert [cli[-1] for _, _, cli in runs] == [
         "--model.init_args.sampling.temperature=1.0",

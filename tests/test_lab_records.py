@@ -107,3 +107,54 @@ def test_sequential_claims_on_hand_made_task_b_rows():
     assert d.endswith("**does not hold**")
     # rows without B's validation (an old cache) give no claims rather than a wrong one
     assert pairs.sequential_claims([{"method": "grpo", "seed": 0}], "grpo") == []
+
+
+def test_seed_interval_known_answers():
+    # values 1, 2, 3: mean 2, sd 1, t(0.975, df=2) = 4.303 → half-width 4.303/√3 = 2.484
+    mean, low, high = lr.seed_interval([1.0, 2.0, 3.0])
+    assert (
+        mean == 2.0
+        and low == pytest.approx(2.0 - 2.4843, abs=1e-3)
+        and high == pytest.approx(4.4843, abs=1e-3)
+    )
+    # identical seeds: no spread, the interval is the point
+    assert lr.seed_interval([0.5, 0.5, 0.5]) == pytest.approx((0.5, 0.5, 0.5))
+    # one seed: a mean, no interval; NaN values are left out
+    m, lo, hi = lr.seed_interval([0.3, math.nan])
+    assert m == 0.3 and math.isnan(lo) and math.isnan(hi)
+    # the large-df expansion meets the normal quantile's neighbourhood: t(0.975, 30) = 2.042, t(0.975, 120) = 1.980
+    assert lr.t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
+    assert lr.t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
+    with pytest.raises(ValueError, match="df >= 1"):
+        lr.t_quantile_975(0)
+
+
+def test_seed_noise_section_reads_an_effect_only_when_the_seed_interval_excludes_zero():
+    runs = make_runs()  # per seed: pass@16 +1/8 on both seeds; pass@1 0 on both; entropy +50 then +30 points
+    diffs = pairs.seed_differences(runs, "grpo", "grpo_repo_r")
+    assert diffs["pass@16"] == pytest.approx([0.125, 0.125]) and diffs["pass@1"] == pytest.approx([0.0, 0.0])
+    assert diffs["entropy change %"] == [50.0, 30.0]
+    section = pairs.seed_noise_section(runs, [("grpo", "grpo_repo_r")])
+    # pass@16 is +0.125 on both seeds (zero spread) → an effect; entropy +50/+30 with 2 seeds: t(1) = 12.7 makes
+    # the interval 40 ± 127, which includes 0 → no effect there
+    assert "+0.125 [+0.125, +0.125] (+0.125, +0.125)" in section
+    assert "+40.0 [-87.1, +167.1] (+50.0, +30.0)" in section
+    assert section.rstrip().endswith("| effect on pass@16 |")
+    # the same differences on a third seed that reverses pass@16 → no effect distinguishable from seed noise
+    runs["grpo", 2] = runs["grpo_repo_r", 0] | {}
+    runs["grpo_repo_r", 2] = runs["grpo", 0] | {}
+    section = pairs.seed_noise_section(runs, [("grpo", "grpo_repo_r")])
+    assert "| grpo → grpo_repo_r | 3 |" in section and section.rstrip().endswith(
+        "no effect distinguishable from seed noise |"
+    )
+
+
+def test_parse_pairs_accepts_sweep_run_names():
+    names = ["dapo[eps_high=0.2]", "dapo[eps_high=0.28]"]
+    assert pairs.parse_pairs(["dapo[eps_high=0.28]:dapo[eps_high=0.2]"], names) == [
+        ("dapo[eps_high=0.28]", "dapo[eps_high=0.2]")
+    ]
+    with pytest.raises(
+        SystemExit, match=r"run names \(dapo\[eps_high=0.2\], dapo\[eps_high=0.28\]\), got 'dapo:x'"
+    ):
+        pairs.parse_pairs(["dapo:x"], names)

@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not Path(c).is_file():
             raise SystemExit(f"compare_methods: config {c} does not exist")
     methods = {Path(m).stem: method_config(m) for m in args.methods}
-    pairs = lab_pairs.parse_pairs(args.pairs, methods)
+    variants = vary_variants(args.vary)
+    pairs = lab_pairs.parse_pairs(args.pairs, [m + suffix for m in methods for suffix, _ in variants])
     sets = set_args(args.set)
     lab_runs = Lab(args)
     base = [a for c in lab_runs.configs for a in ("--config", str(c))]
@@ -221,7 +222,6 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(methods) * len(args.seeds) * (2 if args.then else 1) + (len(args.seeds) if args.then else 0)
     rows, curves, results = [], [], {}
     index = 0
-    variants = vary_variants(args.vary)
     total *= len(variants)
     for method, path in methods.items():
         for suffix, extra in variants:

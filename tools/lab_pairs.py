@@ -23,17 +23,70 @@ import lab_records as lr
 PASS16_MARGIN, PASS1_MARGIN, ENTROPY_BAND_PCT = 0.0, 0.05, 15.0
 
 
+def _common_seeds(runs: dict, base: str, method: str) -> list:
+    return sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+
+
+def prompt_differences(runs: dict, base: str, method: str, k: int, which: str = "last") -> list[list[float]]:
+    """Per seed (both ran it), method − base in pass@k on each prompt both validated."""
+    diffs = []
+    for s in _common_seeds(runs, base, method):
+        mine, theirs = lr.per_prompt(runs[method, s][which], k), lr.per_prompt(runs[base, s][which], k)
+        diffs.append([mine[i] - theirs[i] for i in mine if i in theirs])
+    return diffs
+
+
 def paired_difference(
     runs: dict, base: str, method: str, k: int, which: str = "last", n_boot: int = 4000
 ) -> tuple[float, float, float, int]:
     """(mean, low, high, seeds) of method − base in pass@k over the prompts both validated, per seed."""
-    seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
-    diffs = []
-    for s in seeds:
-        mine, theirs = lr.per_prompt(runs[method, s][which], k), lr.per_prompt(runs[base, s][which], k)
-        diffs.append([mine[i] - theirs[i] for i in mine if i in theirs])
+    diffs = prompt_differences(runs, base, method, k, which)
     mean, low, high = lr.paired_bootstrap(diffs, n_boot=n_boot)
-    return mean, low, high, len(seeds)
+    return mean, low, high, len(diffs)
+
+
+def seed_differences(runs: dict, base: str, method: str) -> dict[str, list[float]]:
+    """Per seed: method − base in mean pass@1 and pass@16 over the shared prompts, and in the entropy change (%)."""
+    out = {
+        f"pass@{k}": [sum(d) / len(d) for d in prompt_differences(runs, base, method, k) if d]
+        for k in (1, 16)
+    }
+    out["entropy change %"] = [
+        runs[method, s]["entropy_change_pct"] - runs[base, s]["entropy_change_pct"]
+        for s in _common_seeds(runs, base, method)
+    ]
+    return out
+
+
+def seed_noise_section(runs: dict, pairs: Sequence[tuple[str, str]]) -> str:
+    """Markdown: each pair's per-seed differences with their seed-level 95% t interval, and the reading the
+    sweep registered: an effect on a metric only where that interval excludes 0."""
+    lines = [
+        "| base → method | seeds | Δ pass@1 | Δ pass@16 | Δ entropy change (points) | reading |",
+        "|---|---|---|---|---|---|",
+    ]
+    for base, method in pairs:
+        diffs = seed_differences(runs, base, method)
+        if not diffs["entropy change %"]:
+            continue
+        cells, effects = [], []
+        for name, values in diffs.items():
+            mean, low, high = lr.seed_interval(values)
+            fmt = "{:+.1f}" if name.startswith("entropy") else "{:+.3f}"
+            per_seed = ", ".join(fmt.format(v) for v in values)
+            interval = "" if math.isnan(low) else f" [{fmt.format(low)}, {fmt.format(high)}]"
+            cells.append(f"{fmt.format(mean)}{interval} ({per_seed})")
+            if not math.isnan(low) and (low > 0 or high < 0):
+                effects.append(name)
+        reading = (
+            "effect on " + ", ".join(effects) if effects else "no effect distinguishable from seed noise"
+        )
+        lines.append(
+            f"| {base} → {method} | {len(diffs['entropy change %'])} | "
+            + " | ".join(cells)
+            + f" | {reading} |"
+        )
+    return "\n".join(lines)
 
 
 def claims(runs: dict, base: str, method: str, n_boot: int = 4000) -> dict:
@@ -140,12 +193,16 @@ def pair_runs(results: dict) -> dict:
     return runs
 
 
-def parse_pairs(items: list[str], methods: dict) -> list[tuple[str, str]]:
+def parse_pairs(items: list[str], names: Sequence[str]) -> list[tuple[str, str]]:
+    """``BASE:METHOD`` items → pairs; both must be run names (a method, or a method with its ``--vary`` suffix,
+    e.g. ``dapo[eps_high=0.28]``)."""
     out = []
     for item in items:
         base, sep, method = item.partition(":")
-        if not sep or base not in methods or method not in methods:
-            raise SystemExit(f"compare_methods: --pairs needs BASE:METHOD of --methods names, got {item!r}")
+        if not sep or base not in names or method not in names:
+            raise SystemExit(
+                f"compare_methods: --pairs needs BASE:METHOD of run names ({', '.join(names)}), got {item!r}"
+            )
         out.append((base, method))
     return out
 
@@ -168,6 +225,11 @@ def fair_sections(rows: list[dict], runs: dict, pairs: Sequence[tuple[str, str]]
         'Pre-registered claims (docs/results.md, "The fair lab"):',
         "",
         claims_section(runs, pairs),
+        "",
+        "Seed noise: per-seed differences (method − base, on the same seed), their mean [95% t interval over "
+        "seeds] (per-seed values); an effect only where the interval excludes 0:",
+        "",
+        seed_noise_section(runs, pairs),
         "",
     ]
 
