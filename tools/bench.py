@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_memory import bench_memory, bench_step_memory, step_memory_child  # noqa: E402
-from bench_step import RAW_STAGES, bench_step  # noqa: E402
+from bench_step import RAW_STAGES, StepWork, bench_step  # noqa: E402
 from bench_timers import STAGES  # noqa: E402
 
 STEP_RATIO_GOAL = 1.00  # our step / the raw loop's step
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         default="tiny",
         help="tiny = 4-layer random Llama with a 49k vocabulary; smollm2 = the packaged model",
     )
-    parser.add_argument("--iterations", type=int, default=4)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--generations", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=StepWork.iterations)
+    parser.add_argument("--prompts", type=int, default=StepWork.prompts)
+    parser.add_argument("--generations", type=int, default=StepWork.generations)
+    parser.add_argument("--new-tokens", type=int, default=StepWork.new_tokens)
     parser.add_argument(
         "--precisions",
         nargs="+",
@@ -182,28 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     from epr_lightning.cli import _quiet_libraries
 
     _quiet_libraries()
+
+    def work(precision: str) -> StepWork:
+        return StepWork(args.model, args.iterations, args.prompts, args.generations, args.new_tokens,
+                        precision, args.every_row)  # fmt: skip
+
     if args.step_memory_child:
-        step_memory_child(
-            args.step_memory_child, args.model, args.iterations, args.prompts, args.generations,
-            args.new_tokens, precisions[0], args.every_row,
-        )  # fmt: skip
+        step_memory_child(args.step_memory_child, work(precisions[0]))
         return 0
     ok = True
     results: dict[str, dict[str, float]] = {}
     for precision in precisions:
         results[precision] = {}
         if not args.skip_step:
-            r = bench_step(
-                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision,
-                args.every_row,
-            )  # fmt: skip
+            r = bench_step(work(precision))
             ok &= print_step(args, precision, r)
             results[precision].update(r)
         if not args.skip_step_memory:
-            r = bench_step_memory(
-                args.model, args.iterations, args.prompts, args.generations, args.new_tokens, precision,
-                args.every_row,
-            )  # fmt: skip
+            r = bench_step_memory(work(precision))
             ok &= print_step_memory(args, precision, r)
             results[precision]["gap_gib"] = r["gap_gib"]
     if not (args.skip_step and args.skip_step_memory):

@@ -22,34 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_step import RawLoop, app_module, policy_source, raw_policy
+from bench_step import RawLoop, StepWork, app_module, policy_source, raw_policy
 from bench_timers import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "tools" / "bench.py"
 
 
-def step_memory_child(
-    which: str,
-    model: str,
-    iterations: int,
-    prompts: int,
-    generations: int,
-    new_tokens: int,
-    precision: str = "float32",
-    every_row: bool = False,
-) -> None:
-    """Run ``iterations`` steps of the raw loop or the app and print its peak RSS above the post-import RSS."""
+def step_memory_child(which: str, work: StepWork) -> None:
+    """Run ``work`` on the raw loop or the app and print its peak RSS above the post-import RSS."""
     import lightning.pytorch as pl
 
-    from epr_lightning.data import PromptDataModule
     from epr_lightning.models import encode_prompts
-    from epr_lightning.tasks.arithmetic import ArithmeticTask
 
     torch.manual_seed(0)
-    data = PromptDataModule(
-        ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
-    )
+    data = work.data()
     meter = PeakRSS()
     rollout_peak: list[int] = []
 
@@ -58,7 +45,7 @@ def step_memory_child(
             rollout_peak.append(max(meter.peak, meter.now()))
 
     if which == "app":
-        module, monitors = app_module(model, generations, new_tokens, precision, every_row)
+        module, monitors = app_module(work)
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -74,36 +61,30 @@ def step_memory_child(
         module.engine.generate = timed_generate  # type: ignore[method-assign]
         trainer.fit(module, datamodule=data)
     else:
-        policy, tok = raw_policy(model)
-        raw = RawLoop(policy, tok, precision, chunked_logprobs=True)
+        policy, tok = raw_policy(work.model)
+        raw = RawLoop(policy, tok, work.precision, chunked_logprobs=True)
         raw.after_generate = first_rollout_done
         data.setup("fit")
         for batch in data.train_dataloader():
             ids = encode_prompts(tok, [e.prompt for e in batch], getattr(data.task, "system_prompt", None))
-            raw.step(ids, generations, new_tokens, exact=False)
+            raw.step(ids, work.generations, work.new_tokens, exact=False)
     peak = meter.stop()
     print(json.dumps({"rollout_peak_bytes": rollout_peak[0] - meter.base, "peak_bytes": peak - meter.base}))
 
 
-def bench_step_memory(
-    model: str,
-    iterations: int,
-    prompts: int,
-    generations: int,
-    new_tokens: int,
-    precision: str = "float32",
-    every_row: bool = False,
-) -> dict[str, float]:
-    """Peak RSS (GiB) of the raw loop and the app in ``precision``, each in a fresh subprocess, and the gaps."""
-    policy_source(model).build()  # SmolLM2: make the one-time GGUF conversion here, outside both measurements
+def bench_step_memory(work: StepWork) -> dict[str, float]:
+    """Peak RSS (GiB) of the raw loop and the app doing ``work``, each in a fresh subprocess, and the gaps."""
+    policy_source(
+        work.model
+    ).build()  # SmolLM2: make the one-time GGUF conversion here, outside both measurements
     out = {}
     for which in ("raw", "app"):
         proc = subprocess.run(
-            [sys.executable, str(BENCH), "--step-memory-child", which, "--model", model,
-             "--iterations", str(iterations), "--prompts", str(prompts), "--generations", str(generations),
-             "--new-tokens", str(new_tokens), "--precisions", precision, *(["--every-row"] if every_row else [])],
-            capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
+            [sys.executable, str(BENCH), "--step-memory-child", which, *work.cli_args()],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"step-memory child {which!r} failed:\n{proc.stderr[-3000:]}")
         out[which] = json.loads(proc.stdout.strip().splitlines()[-1])

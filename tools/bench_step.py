@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,36 @@ from bench_timers import STAGES, StageTimer, StepTimer, time_stages
 
 RAW_STAGES = ("generate", "log-prob forward", "backward", "clip + optimizer step")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """The work both sides of a step benchmark do: the model, ``iterations`` steps of ``prompts`` arithmetic
+    prompts × ``generations`` samples of up to ``new_tokens`` tokens, in ``precision``. ``every_row``: our update
+    takes the gradient pass on every row, as the raw loop does (by default it leaves out the rows whose
+    advantage is 0, which gives the same update with less work)."""
+
+    model: str = "tiny"
+    iterations: int = 4
+    prompts: int = 4
+    generations: int = 4
+    new_tokens: int = 48
+    precision: str = "float32"
+    every_row: bool = False
+
+    def data(self) -> Any:
+        """The prompts of both sides: one batch of ``prompts`` per step, ``iterations`` steps."""
+        from epr_lightning.data import PromptDataModule
+        from epr_lightning.tasks.arithmetic import ArithmeticTask
+
+        task = ArithmeticTask(num_train=256, num_val=0)
+        return PromptDataModule(task, prompts_per_step=self.prompts, batches_per_epoch=self.iterations)
+
+    def cli_args(self) -> list[str]:
+        """This work as ``tools/bench.py`` arguments (for a benchmark's child process)."""
+        return ["--model", self.model, "--iterations", str(self.iterations), "--prompts", str(self.prompts),
+                "--generations", str(self.generations), "--new-tokens", str(self.new_tokens),
+                "--precisions", self.precision, *(["--every-row"] if self.every_row else [])]  # fmt: skip
 
 
 def policy_source(model: str) -> Any:
@@ -60,13 +91,9 @@ def optimizer_factory(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
 
 
-def app_module(
-    model: str, generations: int, new_tokens: int, precision: str, every_row: bool = False
-) -> tuple[Any, list[Any]]:
-    """The app's ``RLModule`` as both benchmarks build it, and the monitoring callbacks at their defaults.
-
-    ``every_row``: every row takes the gradient pass, as in the raw loop (by default the update leaves out the
-    rows whose advantage is 0, which gives the same update with less work)."""
+def app_module(work: StepWork) -> tuple[Any, list[Any]]:
+    """The app's ``RLModule`` as both benchmarks build it for ``work``, and the monitoring callbacks at their
+    defaults."""
     import dataclasses
 
     from epr_lightning.callbacks import DiversityMonitor, EntropyTracker, PrecisionAudit, SampleLogger
@@ -74,13 +101,13 @@ def app_module(
     from epr_lightning.rollout.base import SamplingParams
 
     module = RLModule(
-        policy=policy_source(model),
-        sampling=SamplingParams(max_new_tokens=new_tokens, seed=0),
-        num_generations=generations,
+        policy=policy_source(work.model),
+        sampling=SamplingParams(max_new_tokens=work.new_tokens, seed=0),
+        num_generations=work.generations,
         optimizer=optimizer_factory,
-        compute_dtype=precision,  # type: ignore[arg-type]
+        compute_dtype=work.precision,  # type: ignore[arg-type]
     )
-    if every_row:
+    if work.every_row:
         update = module.policy_update
         update.settings = dataclasses.replace(update.settings, skip_zero_advantage=False)
     return module, [EntropyTracker(), DiversityMonitor(), PrecisionAudit(), SampleLogger()]
@@ -175,39 +202,26 @@ class RawLoop:
         return {k: statistics.median(s[k] for s in steps) for k in RAW_STAGES}
 
 
-def bench_step(
-    model: str,
-    iterations: int,
-    prompts: int,
-    generations: int,
-    new_tokens: int,
-    precision: str = "float32",
-    every_row: bool = False,
-) -> dict[str, float]:
-    """Our step and the raw loop in ``precision``: ``raw:<stage>``, ``raw_step_s``, ``stage:<stage>``,
+def bench_step(work: StepWork) -> dict[str, float]:
+    """Our step and the raw loop doing ``work``: ``raw:<stage>``, ``raw_step_s``, ``stage:<stage>``,
     ``step_s``, ``step_ratio`` (our step / the raw loop's), the monitoring callbacks' time and share, and what
     differs in the work: the tokens each samples a step (``new_tokens``: the raw loop's, every row to the
     longest completion; ``our_tokens``: ours, which end at EOS) and the share of our rows that the update leaves
     out of the gradient pass (``skipped_rows_frac``: advantage 0, so the same update)."""
     import lightning.pytorch as pl
 
-    from epr_lightning.data import PromptDataModule
-    from epr_lightning.tasks.arithmetic import ArithmeticTask
-
-    module, monitors = app_module(model, generations, new_tokens, precision, every_row)
-    data = PromptDataModule(
-        ArithmeticTask(num_train=256, num_val=0), prompts_per_step=prompts, batches_per_epoch=iterations
-    )
+    module, monitors = app_module(work)
+    data = work.data()
     stages = StageTimer()
     time_stages(module, stages)
     timer = StepTimer(monitors, stages)
-    work: list[tuple[list[list[int]], int]] = []  # per step: the prompts' ids, the generated steps
+    batches: list[tuple[list[list[int]], int]] = []  # per step: the prompts' ids, the generated steps
     sampled: list[int] = []  # per step: the tokens our rollout sampled (its completions end at EOS)
     rollout = module.rollout
 
     def recorded_rollout(prompts_in: Any, num_samples: int) -> Any:
         out = rollout(prompts_in, num_samples)
-        work.append((prompts_in.ids, max(len(c) for c in out.completion_ids)))
+        batches.append((prompts_in.ids, max(len(c) for c in out.completion_ids)))
         sampled.append(sum(len(c) for c in out.completion_ids))
         return out
 
@@ -220,9 +234,9 @@ def bench_step(
     trainer.fit(module, datamodule=data)
 
     torch.manual_seed(0)
-    raw = RawLoop(*raw_policy(model), precision)
-    for prompt_ids, steps in work:
-        raw.step(prompt_ids, generations, steps)
+    raw = RawLoop(*raw_policy(work.model), work.precision)
+    for prompt_ids, steps in batches:
+        raw.step(prompt_ids, work.generations, steps)
     raw_stages = raw.medians()
     raw_step = statistics.median(sum(s.values()) for s in (raw.stage_times[1:] or raw.stage_times))
     step = statistics.median(timer.steps[1:] or timer.steps)
@@ -233,7 +247,7 @@ def bench_step(
         "raw_step_s": raw_step,
         **{f"stage:{k}": per_stage.get(k, 0.0) for k in STAGES},
         "stage:other": step - sum(per_stage.get(k, 0.0) for k in STAGES),
-        "new_tokens": float(statistics.median(len(ids) * generations * n for ids, n in work)),
+        "new_tokens": float(statistics.median(len(ids) * work.generations * n for ids, n in batches)),
         "our_tokens": float(statistics.median(sampled)),
         "skipped_rows_frac": statistics.median(timer.skipped_rows[1:] or timer.skipped_rows),
         "step_s": step,
