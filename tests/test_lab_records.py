@@ -9,6 +9,7 @@ from conftest import load_tool
 
 lr = load_tool("lab_records")
 pairs = load_tool("lab_pairs")
+lab = load_tool("lab")
 
 
 def rec(pid: str, n: int, c: int, answers=None, h=(10.0, 2.0), tokens=(20, 4)) -> dict:
@@ -111,22 +112,22 @@ def test_sequential_claims_on_hand_made_task_b_rows():
 
 def test_seed_interval_known_answers():
     # values 1, 2, 3: mean 2, sd 1, t(0.975, df=2) = 4.303 → half-width 4.303/√3 = 2.484
-    mean, low, high = lr.seed_interval([1.0, 2.0, 3.0])
+    mean, low, high = lab.seed_interval([1.0, 2.0, 3.0])
     assert (
         mean == 2.0
         and low == pytest.approx(2.0 - 2.4843, abs=1e-3)
         and high == pytest.approx(4.4843, abs=1e-3)
     )
     # identical seeds: no spread, the interval is the point
-    assert lr.seed_interval([0.5, 0.5, 0.5]) == pytest.approx((0.5, 0.5, 0.5))
+    assert lab.seed_interval([0.5, 0.5, 0.5]) == pytest.approx((0.5, 0.5, 0.5))
     # one seed: a mean, no interval; NaN values are left out
-    m, lo, hi = lr.seed_interval([0.3, math.nan])
+    m, lo, hi = lab.seed_interval([0.3, math.nan])
     assert m == 0.3 and math.isnan(lo) and math.isnan(hi)
     # the large-df expansion meets the normal quantile's neighbourhood: t(0.975, 30) = 2.042, t(0.975, 120) = 1.980
-    assert lr.t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
-    assert lr.t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
+    assert lab.t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
+    assert lab.t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
     with pytest.raises(ValueError, match="df >= 1"):
-        lr.t_quantile_975(0)
+        lab.t_quantile_975(0)
 
 
 def test_seed_noise_section_reads_an_effect_only_when_the_seed_interval_excludes_zero():

@@ -74,9 +74,8 @@ def step_memory_child(which: str, work: StepWork) -> None:
 
 def bench_step_memory(work: StepWork) -> dict[str, float]:
     """Peak RSS (GiB) of the raw loop and the app doing ``work``, each in a fresh subprocess, and the gaps."""
-    policy_source(
-        work.model
-    ).build()  # SmolLM2: make the one-time GGUF conversion here, outside both measurements
+    # SmolLM2: make the one-time GGUF conversion here, outside both measurements
+    policy_source(work.model).build()
     out = {}
     for which in ("raw", "app"):
         proc = subprocess.run(

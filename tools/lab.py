@@ -102,6 +102,31 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return m, std, len(kept)
 
 
+#: two-sided 95% quantiles of Student's t for 1..10 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5% quantile: the table for df ≤ 10, the Cornish–Fisher expansion above (error < 1e-3)."""
+    if df < 1:
+        raise ValueError(f"t_quantile_975 needs df >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% t interval of the mean of per-seed values (mean ± t·sd/√n). It measures the
+    spread between training runs, which the prompt bootstrap does not; with fewer than 2 finite values the
+    interval is NaN."""
+    mean, sd, n = mean_std(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def fmt_mean_std(values: Iterable[float], digits: int = 2) -> str:
     m, s, n = mean_std(values)
     if n == 0:

@@ -71,7 +71,7 @@ def seed_noise_section(runs: dict, pairs: Sequence[tuple[str, str]]) -> str:
             continue
         cells, effects = [], []
         for name, values in diffs.items():
-            mean, low, high = lr.seed_interval(values)
+            mean, low, high = lab.seed_interval(values)
             fmt = "{:+.1f}" if name.startswith("entropy") else "{:+.3f}"
             per_seed = ", ".join(fmt.format(v) for v in values)
             interval = "" if math.isnan(low) else f" [{fmt.format(low)}, {fmt.format(high)}]"
@@ -93,7 +93,7 @@ def claims(runs: dict, base: str, method: str, n_boot: int = 4000) -> dict:
     """The three pre-registered claims for ``method`` against ``base``: values, intervals, holds or not."""
     d16 = paired_difference(runs, base, method, 16, n_boot=n_boot)
     d1 = paired_difference(runs, base, method, 1, n_boot=n_boot)
-    seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+    seeds = _common_seeds(runs, base, method)
     changes = [runs[method, s]["entropy_change_pct"] for s in seeds]
     mean_change = sum(changes) / len(changes) if changes else math.nan
     return {
@@ -117,7 +117,7 @@ def pair_table(
     header = ["base → method", "seeds", *(f"Δ pass@{k}" for k in ks), "entropy change % base / method"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for base, method in pairs:
-        seeds = sorted(s for (m, s) in runs if m == method and (base, s) in runs)
+        seeds = _common_seeds(runs, base, method)
         if not seeds:
             continue
         cells = [f"{base} → {method}", str(len(seeds))]

@@ -7,8 +7,8 @@ Pure functions over lists of records (dicts with ``id``, ``n``, ``c``, ``answers
 - ``rare_ids`` / ``coverage``: the prompts the untrained model solves at most ``max_solved`` times in n, and the
   share of them a policy solves at least once;
 - ``entropy_split``: token entropy on the answer tokens and on the rest;
-- ``paired_bootstrap``: a 95% interval for a per-prompt difference averaged over prompts and seeds;
-- ``seed_interval``: a 95% t interval over per-seed values (the spread between training runs).
+- ``paired_bootstrap``: a 95% interval for a per-prompt difference averaged over prompts and seeds (its
+  seed-level companion, a t interval over per-seed values, is ``lab.seed_interval``).
 """
 
 from __future__ import annotations
@@ -120,32 +120,3 @@ def paired_bootstrap(
     low = stats[max(0, math.floor(tail * n_boot))]
     high = stats[min(n_boot - 1, math.ceil((1.0 - tail) * n_boot) - 1)]
     return mean, low, high
-
-
-#: two-sided 95% quantiles of Student's t for 1..10 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def t_quantile_975(df: int) -> float:
-    """Student's t 97.5% quantile: the table for df ≤ 10, the Cornish–Fisher expansion above (error < 1e-3)."""
-    if df < 1:
-        raise ValueError(f"t_quantile_975 needs df >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the 95% t interval of the mean of per-seed values (mean ± t·sd/√n). It measures the
-    spread between training runs, which the prompt bootstrap does not; with fewer than 2 finite values the
-    interval is NaN."""
-    xs = [float(v) for v in values if math.isfinite(v)]
-    if not xs:
-        return math.nan, math.nan, math.nan
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    half = t_quantile_975(len(xs) - 1) * sd / math.sqrt(len(xs))
-    return mean, mean - half, mean + half
